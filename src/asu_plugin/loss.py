@@ -17,10 +17,16 @@ IGNORE_INDEX = -100
 _CHUNK_ROWS = 256
 
 
+def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
+    """At least float32 (bf16/fp16 logits are upcast); float64 stays float64 (gradcheck)."""
+    return torch.promote_types(logits.dtype, torch.float32)
+
+
 def _row_kl(student_rows: torch.Tensor, target_rows: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(target) || softmax(student)) per row, in float32."""
-    log_student = torch.log_softmax(student_rows.float(), dim=-1)
-    log_target = torch.log_softmax(target_rows.float(), dim=-1)
+    """KL(softmax(target) || softmax(student)) per row, in at least float32."""
+    dtype = _compute_dtype(student_rows)
+    log_student = torch.log_softmax(student_rows.to(dtype), dim=-1)
+    log_target = torch.log_softmax(target_rows.to(dtype), dim=-1)
     target = log_target.exp()
     # where the target probability is exactly 0 the term is 0 (not 0 * -inf = nan)
     terms = torch.where(target > 0, target * (log_target - log_student), torch.zeros_like(target))
@@ -32,7 +38,7 @@ class _AnswerTokenKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student_flat, target_flat, positions):
-        out = torch.empty(positions.numel(), dtype=torch.float32, device=student_flat.device)
+        out = torch.empty(positions.numel(), dtype=_compute_dtype(student_flat), device=student_flat.device)
         for start in range(0, positions.numel(), _CHUNK_ROWS):
             rows = positions[start : start + _CHUNK_ROWS]
             out[start : start + rows.numel()] = _row_kl(student_flat[rows], target_flat[rows])
@@ -45,8 +51,9 @@ class _AnswerTokenKL(torch.autograd.Function):
         grad = torch.zeros_like(student_flat)
         for start in range(0, positions.numel(), _CHUNK_ROWS):
             rows = positions[start : start + _CHUNK_ROWS]
-            p_student = torch.softmax(student_flat[rows].float(), dim=-1)
-            p_target = torch.softmax(target_flat[rows].float(), dim=-1)
+            dtype = _compute_dtype(student_flat)
+            p_student = torch.softmax(student_flat[rows].to(dtype), dim=-1)
+            p_target = torch.softmax(target_flat[rows].to(dtype), dim=-1)
             # d KL(t || s) / d student_logits = softmax(s) - softmax(t)
             chunk = (p_student - p_target) * grad_rows[start : start + rows.numel(), None]
             grad[rows] = chunk.to(grad.dtype)
@@ -63,7 +70,7 @@ def token_kl(student_logits: torch.Tensor, target_logits: torch.Tensor, labels: 
         labels: (B, T) token labels, -100 on prompt and padding (Hugging Face convention:
             logits at position t predict labels at t + 1).
 
-    Returns a float32 scalar: KL summed over the vocabulary, averaged over each sample's
+    Returns a float32 scalar (float64 for float64 inputs): KL summed over the vocabulary, averaged over each sample's
     answer tokens, then over the samples that have any; exactly 0 when none has.
     """
     if student_logits.shape != target_logits.shape:
@@ -77,12 +84,12 @@ def token_kl(student_logits: torch.Tensor, target_logits: torch.Tensor, labels: 
     answer = labels[:, 1:] != IGNORE_INDEX  # (B, T-1): position t predicts label t+1
     sample, position = answer.nonzero(as_tuple=True)
     if sample.numel() == 0:
-        return student_logits.sum() * 0.0  # keeps the graph, no NaN
+        return (student_logits.sum() * 0.0).to(_compute_dtype(student_logits))  # keeps the graph, no NaN
     flat = (sample * length + position).contiguous()
     student_flat = student_logits.reshape(batch * length, vocab)
     target_flat = target_logits.detach().reshape(batch * length, vocab)
     row_kl = _AnswerTokenKL.apply(student_flat, target_flat, flat)
     counts = answer.sum(dim=1)
-    per_sample = torch.zeros(batch, dtype=torch.float32, device=row_kl.device).index_add(0, sample, row_kl)
+    per_sample = torch.zeros(batch, dtype=row_kl.dtype, device=row_kl.device).index_add(0, sample, row_kl)
     has_answer = counts > 0
     return (per_sample[has_answer] / counts[has_answer]).mean()

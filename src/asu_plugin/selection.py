@@ -84,8 +84,9 @@ def find_attention_layout(model: nn.Module) -> AttentionLayout:
     name = type(model).__name__
     if not num_layers or not num_heads:
         raise SmoothingError(
-            f"{name}: its config has no num_hidden_layers / num_attention_heads, so its "
-            "attention layers cannot be located. Smoothing supports Hugging Face decoder LMs."
+            f"{name}: no attention modules found (its config has no num_hidden_layers / "
+            "num_attention_heads). This architecture cannot be smoothed by asu_plugin; use a "
+            "Hugging Face decoder LM with softmax attention (Llama, Mistral, Qwen, Gemma, ...)."
         )
     for candidate in model.modules():
         if isinstance(candidate, nn.ModuleList) and len(candidate) == num_layers:

@@ -66,11 +66,14 @@ def _wrap_forward(module: nn.Module, mode: TemperatureMode):
 
 
 @contextlib.contextmanager
-def _installed(selection: Selection) -> Iterator[None]:
+def _installed(selection: Selection, backend: str) -> Iterator[None]:
     restores = []
     try:
         for index, module in zip(selection.layers, selection.modules):
-            where = f"{selection.layout.model_class} layer {index} ({type(module).__name__})"
+            where = (
+                f"{selection.layout.model_class} layer {index} ({type(module).__name__}, "
+                f"attn_implementation={backend!r})"
+            )
             mode = TemperatureMode(selection.tau, selection.layout.num_heads, selection.heads, where)
             restores.append(_wrap_forward(module, mode))
         yield
@@ -97,7 +100,7 @@ def _self_check(model: nn.Module, selection: Selection) -> None:
         ids = _probe_ids(model)
         with torch.no_grad():
             plain = model(input_ids=ids).logits
-            with _installed(selection):
+            with _installed(selection, _backend(model)):
                 smoothed = model(input_ids=ids).logits
     finally:
         model.train(was_training)
@@ -139,5 +142,5 @@ def smoothed_attention(
         yield model
         return
     _self_check(model, selection)
-    with _installed(selection):
+    with _installed(selection, _backend(model)):
         yield model

@@ -60,6 +60,37 @@ def register_if_openunlearning() -> bool:
     return True
 
 
+def _config_name(argv: list[str]) -> str | None:
+    for index, token in enumerate(argv):
+        for flag in ("--config-name", "-cn"):
+            if token == flag and index + 1 < len(argv):
+                return argv[index + 1]
+            if token.startswith(flag + "="):
+                return token.split("=", 1)[1]
+    return None
+
+
+def finetune_config_hint(argv: list[str]) -> str | None:
+    """A hint when an ASU trainer is asked for on OU's finetune config (``train.yaml``).
+
+    ``python src/train.py trainer=ASU_KL`` composes train.yaml, whose data has no forget set;
+    the trainer refuses it later, but Hydra or the model download may fail first.
+    """
+    trainers = [t.split("=", 1)[1] for t in argv[1:] if t.startswith(("trainer=", "+trainer="))]
+    asu = [name for name in trainers if name.startswith("ASU_")]
+    if not asu or not argv or not argv[0].endswith("train.py"):
+        return None
+    name = _config_name(argv)
+    if name is not None and "unlearn" in name:
+        return None
+    return (
+        f"trainer={asu[-1]} unlearns, but this composes OU's finetune config "
+        f"({name or 'train.yaml'}), which has no forget/retain data. Run: python src/train.py "
+        f"--config-name=unlearn.yaml experiment=unlearn/tofu/asu trainer={asu[-1]} task_name=<name> "
+        "(on a CPU: experiment=unlearn/tofu/asu_cpu)"
+    )
+
+
 class ASUSearchPathPlugin(SearchPathPlugin):
     """Appends asu-plugin's configs (trainer/ASU_*, experiment/unlearn/*/asu*, model/...)."""
 
@@ -69,4 +100,7 @@ class ASUSearchPathPlugin(SearchPathPlugin):
             logger.debug("asu-plugin: configs directory not found; search path unchanged")
         elif not any(element.provider == PROVIDER for element in search_path.get_path()):
             search_path.append(PROVIDER, f"file://{directory}")
-        register_if_openunlearning()
+        if register_if_openunlearning():
+            hint = finetune_config_hint(sys.argv)
+            if hint:
+                logger.warning("asu-plugin: %s", hint)
