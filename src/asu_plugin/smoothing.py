@@ -94,8 +94,8 @@ def _self_check(model: nn.Module, selection: Selection) -> None:
     done = _verified.setdefault(model, set())
     if key in done:
         return
-    was_training = model.training
-    model.eval()
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()  # dropout would make the two probe passes differ for the wrong reason
     try:
         ids = _probe_ids(model)
         with torch.no_grad():
@@ -103,7 +103,8 @@ def _self_check(model: nn.Module, selection: Selection) -> None:
             with _installed(selection, _backend(model)):
                 smoothed = model(input_ids=ids).logits
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
     if torch.equal(plain, smoothed):
         raise SmoothingError(
             f"smoothing {type(model).__name__} with attn_implementation={_backend(model)!r} "
@@ -141,6 +142,12 @@ def smoothed_attention(
     if selection.tau == 1.0:
         yield model
         return
+    if getattr(model, "is_gradient_checkpointing", False) and torch.is_grad_enabled():
+        logger.warning(
+            "smoothed_attention on %s with gradient checkpointing: a backward run after leaving "
+            "the context recomputes *unsmoothed* activations. Run the teacher under no_grad.",
+            type(model).__name__,
+        )
     _self_check(model, selection)
     with _installed(selection, _backend(model)):
         yield model
