@@ -14,7 +14,12 @@ from __future__ import annotations
 import torch
 
 IGNORE_INDEX = -100
-_CHUNK_ROWS = 256
+_CHUNK_ELEMENTS = 1 << 21  # ~8 MB of fp32 per temporary: about 42 rows of a 49k vocabulary
+
+
+def _chunk_rows(vocab: int) -> int:
+    """Rows per chunk so that each fp32 (rows, V) temporary stays near _CHUNK_ELEMENTS."""
+    return max(1, _CHUNK_ELEMENTS // vocab)
 
 
 def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
@@ -39,8 +44,9 @@ class _AnswerTokenKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_flat, target_flat, positions):
         out = torch.empty(positions.numel(), dtype=_compute_dtype(student_flat), device=student_flat.device)
-        for start in range(0, positions.numel(), _CHUNK_ROWS):
-            rows = positions[start : start + _CHUNK_ROWS]
+        step = _chunk_rows(student_flat.shape[-1])
+        for start in range(0, positions.numel(), step):
+            rows = positions[start : start + step]
             out[start : start + rows.numel()] = _row_kl(student_flat[rows], target_flat[rows])
         ctx.save_for_backward(student_flat, target_flat, positions)
         return out
@@ -49,8 +55,9 @@ class _AnswerTokenKL(torch.autograd.Function):
     def backward(ctx, grad_rows):
         student_flat, target_flat, positions = ctx.saved_tensors
         grad = torch.zeros_like(student_flat)
-        for start in range(0, positions.numel(), _CHUNK_ROWS):
-            rows = positions[start : start + _CHUNK_ROWS]
+        step = _chunk_rows(student_flat.shape[-1])
+        for start in range(0, positions.numel(), step):
+            rows = positions[start : start + step]
             dtype = _compute_dtype(student_flat)
             p_student = torch.softmax(student_flat[rows].to(dtype), dim=-1)
             p_target = torch.softmax(target_flat[rows].to(dtype), dim=-1)
