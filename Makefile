@@ -19,11 +19,14 @@ TF_MATRIX ?= 5.23.0 4.57.6
 VENV := .venv
 PY := $(VENV)/bin/python
 export OU_DIR
+# OpenMP threads that spin-wait starve each other when two torch processes share the cores
+# (a test and the OU subprocess it drives): 10x slower steps measured here without this.
+export OMP_WAIT_POLICY ?= PASSIVE
 # every pip call (and the isolated builds it starts, e.g. deepspeed's) keeps torch at $(TORCH)
 CONSTRAINTS := $(abspath .venv-constraints.txt)
 PIP = PIP_CONSTRAINT=$(CONSTRAINTS) $(1)/bin/pip install --disable-pip-version-check -q
 
-.PHONY: install ou venv matrix model data test test-core demo clean
+.PHONY: install ou venv matrix model data test test-core demo clean bench-perf
 
 install: ou venv matrix model data
 
@@ -73,6 +76,9 @@ test-core:
 
 demo:
 	$(PY) -m asu_plugin.demo --ou-dir "$(OU_DIR)"
+
+bench-perf:
+	$(PY) bench/perf.py --out bench/results
 
 clean:
 	rm -rf $(VENV) $(addprefix .venv-tf,$(TF_MATRIX)) $(CONSTRAINTS) build src/*.egg-info
