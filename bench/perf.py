@@ -1058,7 +1058,7 @@ def why_notes(report) -> list[str]:
         elif name.startswith("forget-loss memory"):
             notes.append(
                 f"**{name}**: {goal['text']}. Both forms must produce the (B, T, V) gradient of the logits; "
-                "the rest of ours is the per-chunk work of asu_plugin.loss (_CHUNK_ROWS rows x V, several "
+                "the rest of ours is the per-chunk work of asu_plugin.loss (_CHUNK_ELEMENTS / V rows x V, several "
                 "fp32 temporaries in _row_kl and in backward), which does not shrink with T: a smaller "
                 "chunk or in-place temporaries would lower it (cause: ours, asu_plugin/loss.py)."
             )

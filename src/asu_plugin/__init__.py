@@ -10,8 +10,9 @@ Public API (framework-independent: torch + transformers only):
 
 from .errors import SmoothingError
 from .loss import token_kl
+from .registration import register  # imports OpenUnlearning only when called
 from .smoothing import check_smoothing_args, smoothed_attention
 
 __version__ = "0.1.0"
 
-__all__ = ["SmoothingError", "check_smoothing_args", "smoothed_attention", "token_kl", "__version__"]
+__all__ = ["SmoothingError", "check_smoothing_args", "register", "smoothed_attention", "token_kl", "__version__"]

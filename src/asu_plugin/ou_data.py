@@ -12,7 +12,7 @@ make every TOFU / MUSE config of OU resolve offline with no config edit. The mir
 any directory laid out like the hub (``<org>/<dataset>/`` with a README.md ``configs:``
 block), e.g. the project's ``../shared/data/hf``.
 
-    python -m asu_plugin.ou_data [--ou-dir DIR] [--mirror DIR]
+    python -m asu_plugin.ou_data link [--ou-dir DIR] [--mirror DIR | --shared-dir DIR]
 """
 
 from __future__ import annotations
@@ -88,11 +88,15 @@ def link_offline_data(ou_dir: str | os.PathLike | None = None, mirror: str | os.
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", nargs="?", default="link", choices=["link"], help="link (the default)")
     parser.add_argument("--ou-dir", default=None, help="OpenUnlearning checkout (default: $OU_DIR)")
-    parser.add_argument("--mirror", default=None, help="dataset mirror (default: $ASU_DATA_MIRROR or ../shared/data/hf)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--mirror", default=None, help="dataset mirror (default: $ASU_DATA_MIRROR or ../shared/data/hf)")
+    where.add_argument("--shared-dir", default=None, help="the project's shared/ dir (mirror = SHARED_DIR/data/hf)")
     options = parser.parse_args(argv)
+    mirror = options.mirror or (str(Path(options.shared_dir) / "data" / "hf") if options.shared_dir else None)
     try:
-        result = link_offline_data(options.ou_dir, options.mirror)
+        result = link_offline_data(options.ou_dir, mirror)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -59,9 +59,16 @@ def ou_commit(directory: str | os.PathLike | None = None) -> str | None:
     return commit if result.returncode == 0 and commit else None
 
 
+_checked_commits: set = set()
+
+
 def warn_if_other_commit(directory: str | os.PathLike | None = None) -> str | None:
-    """Warn (once per call) when OU is not at the pinned commit; return the commit found."""
+    """Warn when OU is not at the pinned commit (once per directory); return the commit found."""
+    key = str(directory)
     commit = ou_commit(directory)
+    if key in _checked_commits:
+        return commit
+    _checked_commits.add(key)
     if commit is not None and not commit.startswith(OU_PINNED_COMMIT):
         warnings.warn(
             f"OpenUnlearning is at commit {commit[:12]}, but asu-plugin is tested against "
@@ -113,6 +120,10 @@ def register(trainer_module=None) -> dict:
             f"{OU_PINNED_COMMIT}; check out that commit or update asu_plugin.registration."
         )
     from . import trainers  # imports OU's GradDiff: only possible once OU is importable
+
+    source = getattr(ou_trainer, "__file__", None)
+    if source:  # <OU_DIR>/src/trainer/__init__.py
+        warn_if_other_commit(Path(source).resolve().parents[2])
 
     for name in TRAINER_NAMES:
         cls = getattr(trainers, name)

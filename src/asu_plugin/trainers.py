@@ -52,6 +52,17 @@ def _plain(value):
     return [int(v) if isinstance(v, (int, float)) else v for v in value]
 
 
+def _ranges(indices) -> str:
+    """[0, 1, 2, 5] -> "0-2,5" (the layers string format)."""
+    parts, indices = [], sorted(indices)
+    for index in indices:
+        if parts and index == parts[-1][1] + 1:
+            parts[-1][1] = index
+        else:
+            parts.append([index, index])
+    return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in parts)
+
+
 class ASUTrainer(GradDiff):
     """Shared part of ASU_GD and ASU_KL: settings, teacher pass, logging, run record.
 
@@ -120,10 +131,9 @@ class ASUTrainer(GradDiff):
     def _check_retain_type(self, retain_loss_type):
         expected = self.RETAIN_LOSS_TYPE
         if retain_loss_type not in (None, expected):
-            other = "ASU_KL" if retain_loss_type == "KL" else "ASU_GD"
             raise ValueError(
-                f"{type(self).__name__} uses retain_loss_type={expected}, got "
-                f"{retain_loss_type!r}; for a {retain_loss_type} retain term use trainer={other}"
+                f"{type(self).__name__} uses retain_loss_type={expected}, got {retain_loss_type!r}: "
+                "ASU's retain term is NLL (trainer=ASU_GD) or KL to the unsmoothed model (trainer=ASU_KL)"
             )
         return expected
 
@@ -200,7 +210,7 @@ class ASUTrainer(GradDiff):
             "gamma": self.gamma,
             "alpha": self.alpha,
             "retain_loss_type": self.retain_loss_type,
-            "smoothed_layers": list(self._selection.layers),
+            "smoothed_layers": _ranges(self._selection.layers),
         }
 
     def _write_record(self, status: str, **extra) -> None:

@@ -1,0 +1,136 @@
+"""Fixtures for the tests that run the real OpenUnlearning (OU) at ``OU_DIR``.
+
+Everything OU runs in a subprocess, exactly as a user would (``python src/train.py ...`` in
+the OU checkout, with this venv's python), offline: the datasets come from the project's
+mirror (linked into the checkout by ``asu_plugin.ou_data``), the model from the SmolLM2
+directory made by ``python -m asu_plugin.models prepare-smollm2``. Outputs go to pytest's
+temporary directory (``hydra.run.dir=...``), never into the OU checkout.
+
+One ASU_KL run (``kl_run``) is shared by the tests that inspect a trained model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+OU_DIR = Path(os.environ.get("OU_DIR") or "~/.cache/asu-plugin/open-unlearning").expanduser()
+PROBE = Path(__file__).with_name("ou_probe.py")
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+KL_STEPS = 10
+
+
+@dataclass
+class OURun:
+    """A finished subprocess run of OU: its output and where it wrote."""
+
+    args: list
+    returncode: int
+    output: str
+    run_dir: Path | None = None
+    stdout: str = ""
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.output.splitlines()[-n:])
+
+    def trainer_state(self) -> dict:
+        return json.loads((self.run_dir / "trainer_state.json").read_text())
+
+    def record(self) -> dict:
+        return json.loads((self.run_dir / "asu_run.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def ou_dir() -> Path:
+    if not (OU_DIR / "src" / "train.py").is_file():
+        pytest.skip(
+            f"OpenUnlearning not found at {OU_DIR} (set OU_DIR to a checkout of "
+            "locuslab/open-unlearning at d3d7cf9, or run `make install`)"
+        )
+    return OU_DIR
+
+
+@pytest.fixture(scope="session")
+def ou_data(ou_dir) -> Path:
+    """Link the offline TOFU / MUSE mirror into the OU checkout (idempotent)."""
+    from asu_plugin.ou_data import default_mirror, link_offline_data
+
+    mirror = default_mirror()
+    if mirror is None:
+        pytest.skip("no dataset mirror (../shared/data/hf beside the project, or ASU_DATA_MIRROR)")
+    link_offline_data(ou_dir, mirror)
+    return mirror
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    path = Path(os.environ.get("ASU_MODEL_DIR") or "~/.cache/asu-plugin/models/SmolLM2-135M-Instruct").expanduser()
+    if not (path / "config.json").is_file():
+        pytest.skip(f"SmolLM2 not prepared at {path}: run `python -m asu_plugin.models prepare-smollm2`")
+    return path
+
+
+def _env() -> dict:
+    env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def run_ou(ou_dir):
+    """run_ou("train.py", *overrides, run_dir=..., check=True) -> OURun (cwd = OU_DIR)."""
+
+    def run(script: str, *overrides: str, run_dir: Path | None = None, check: bool = True, timeout: int = 900):
+        args = [sys.executable, f"src/{script}", *overrides]
+        if run_dir is not None:
+            args += [f"hydra.run.dir={run_dir}", f"paths.output_dir={run_dir}"]
+        done = subprocess.run(
+            args, cwd=ou_dir, env=_env(), capture_output=True, text=True, timeout=timeout, check=False
+        )
+        result = OURun(args, done.returncode, done.stdout + done.stderr, run_dir, done.stdout)
+        if check and done.returncode != 0:
+            pytest.fail(f"{' '.join(args[1:])} failed ({done.returncode}):\n{result.tail()}")
+        return result
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def probe(ou_dir, ou_data):
+    """probe(*args) -> dict: runs tests/ou/ou_probe.py in OU_DIR (OU imported there, not here)."""
+
+    def run(*args: str, timeout: int = 900) -> dict:
+        done = subprocess.run(
+            [sys.executable, str(PROBE), *args], cwd=ou_dir, env=_env(),
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+        lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE_JSON ")]
+        if done.returncode != 0 or not lines:
+            pytest.fail(f"ou_probe {' '.join(args)} failed ({done.returncode}):\n{(done.stdout + done.stderr)[-6000:]}")
+        return json.loads(lines[-1][len("PROBE_JSON "):])
+
+    return run
+
+
+CPU_TRAIN = (
+    "--config-name=unlearn.yaml",
+    "experiment=unlearn/tofu/asu_cpu",
+    "trainer.args.per_device_train_batch_size=2",
+    "trainer.args.logging_steps=1",
+)
+
+
+@pytest.fixture(scope="session")
+def kl_run(run_ou, ou_data, model_dir, tmp_path_factory) -> OURun:
+    """ASU_KL, KL_STEPS optimizer steps on TOFU forget01 through OU's src/train.py."""
+    run_dir = tmp_path_factory.mktemp("asu_kl") / "run"
+    return run_ou(
+        "train.py", *CPU_TRAIN, "trainer=ASU_KL", "task_name=test_asu_kl",
+        f"trainer.args.max_steps={KL_STEPS}", run_dir=run_dir,
+    )

@@ -1,0 +1,253 @@
+"""Runs inside an OpenUnlearning checkout (cwd = OU_DIR) and prints one JSON object.
+
+Used by tests/ou in a subprocess, so OU's top-level packages (``trainer``, ``data``,
+``model``, ``evals``) never enter the pytest process. Subcommands:
+
+* ``loss``: builds an ASU trainer exactly as OU's train.py does (our configs composed by
+  Hydra, OU's get_model / get_data / load_trainer), then on the first batch: the loss vs an
+  independent recomputation, forget KL at tau = 1 and at the configured tau, which object
+  the teacher and reference passes ran on, how many model copies exist; then trains one
+  step and checks the frozen copy is bitwise unchanged.
+* ``after MODEL_DIR``: forget KL (to the smoothed original) and forget-answer NLL of the
+  original model and of MODEL_DIR on a fixed slice of the forget set.
+* ``compose REQUESTS_JSON``: compose [config_name, overrides] pairs with Hydra's compose API.
+* ``registry``: register() / the Hydra plugin, twice and after a module re-execution.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path.cwd() / "src"))  # OU's src, as `python src/train.py` has it
+
+import torch  # noqa: E402
+
+
+def compose(overrides, config_name="unlearn.yaml"):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import trainer  # noqa: F401  (OU's; imported first, as train.py does, so the plugin registers)
+
+    with initialize_config_dir(config_dir=str(Path.cwd() / "configs"), version_base=None):
+        return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+def probe_compose(requests) -> list:
+    """Compose each (config_name, overrides) and return it resolved (or the error text)."""
+    from omegaconf import OmegaConf
+
+    results = []
+    for config_name, overrides in requests:
+        try:
+            cfg = compose([*overrides, "paths.output_dir=/tmp/compose", "paths.work_dir=."], config_name)
+            results.append(OmegaConf.to_container(cfg, resolve=True))
+        except Exception as error:  # reported to the test, which asserts on it
+            results.append({"error": f"{type(error).__name__}: {error}"})
+    return results
+
+
+def build(overrides):
+    """OU's train.py up to load_trainer, without training."""
+    from data import get_collators, get_data
+    from model import get_model
+    from trainer import load_trainer
+    from trainer.utils import seed_everything
+
+    cfg = compose(overrides)
+    seed_everything(cfg.trainer.args.seed)
+    model, tokenizer = get_model(cfg.model)
+    data = get_data(cfg.data, mode="unlearn", tokenizer=tokenizer, template_args=cfg.model.template_args)
+    collator = get_collators(cfg.collator, tokenizer=tokenizer)
+    trainer, _ = load_trainer(
+        trainer_cfg=cfg.trainer,
+        model=model,
+        train_dataset=data.get("train"),
+        eval_dataset=data.get("eval"),
+        tokenizer=tokenizer,
+        data_collator=collator,
+        evaluators=None,
+        template_args=cfg.model.template_args,
+    )
+    return cfg, trainer
+
+
+def fresh_model(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="sdpa")
+
+
+def probe_loss(method: str, model_dir: str, output_dir: str, train: bool = True) -> dict:
+    import asu_plugin.trainers as asu_trainers
+    from asu_plugin import smoothed_attention, token_kl
+
+    overrides = [
+        "experiment=unlearn/tofu/asu_cpu",
+        f"trainer={method}",
+        "task_name=probe",
+        f"paths.output_dir={output_dir}",
+        "trainer.args.per_device_train_batch_size=2",
+        "trainer.args.max_steps=1",
+        "trainer.args.logging_steps=1",
+        "trainer.args.report_to=none",
+    ]
+    cfg, trainer = build(overrides)
+    model_class = type(trainer.model)
+    copies = sum(1 for obj in gc.get_objects() if isinstance(obj, model_class))
+
+    # which module each teacher / reference pass ran on, and whether smoothing was on
+    passes, smoothing = [], {"on": False, "models": []}
+    original_context = asu_trainers.smoothed_attention
+
+    @contextlib.contextmanager
+    def spy_context(model, *args, **kwargs):
+        smoothing["models"].append(model)
+        with original_context(model, *args, **kwargs) as inner:
+            smoothing["on"] = True
+            try:
+                yield inner
+            finally:
+                smoothing["on"] = False
+
+    asu_trainers.smoothed_attention = spy_context
+    hook = trainer.ref_model.register_forward_pre_hook(lambda module, args: passes.append(smoothing["on"]))
+
+    batch = next(iter(trainer.get_train_dataloader()))
+    batch = trainer._prepare_inputs(batch)
+    model = trainer.model
+    model.train()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch).item()
+    hook.remove()
+    asu_trainers.smoothed_attention = original_context
+
+    # independent recomputation: a fresh copy of the original model as teacher / reference
+    forget, retain = batch["forget"], batch["retain"]
+    original = fresh_model(model_dir).eval()
+    tau, gamma, alpha = trainer.tau, trainer.gamma, trainer.alpha
+
+    def logits(m, b):
+        return m(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+
+    with torch.no_grad():
+        with smoothed_attention(original, tau):
+            teacher = logits(original, forget)
+        forget_kl = token_kl(logits(model, forget), teacher, forget["labels"]).item()
+        if method == "ASU_KL":
+            retain_term = token_kl(logits(model, retain), logits(original, retain), retain["labels"]).item()
+        else:
+            retain_term = model(**{k: retain[k] for k in ("input_ids", "attention_mask", "labels")}).loss.item()
+        expected = gamma * forget_kl + alpha * retain_term
+        trainer.tau = 1.0
+        forget_kl_tau1 = trainer.compute_forget_loss(model, forget)[0].item()
+        trainer.tau = tau
+
+    # one optimizer step through Trainer.train(); the frozen copy must not move
+    trainer._asu_sums, trainer._asu_count = {}, 0  # forget the probe call in the step logs
+    student_before = {k: v.clone() for k, v in model.state_dict().items()}
+    if train:
+        trainer.train()
+    reference = trainer.ref_model.state_dict()
+    original_state = original.state_dict()
+    reference_unchanged = all(torch.equal(reference[k], original_state[k]) for k in original_state)
+    student_changed = any(not torch.equal(student_before[k], v) for k, v in model.state_dict().items())
+    return {
+        "method": method,
+        "tau": tau,
+        "gamma": gamma,
+        "alpha": alpha,
+        "loss": loss,
+        "expected": expected,
+        "forget_kl": forget_kl,
+        "retain_term": retain_term,
+        "forget_kl_tau1": forget_kl_tau1,
+        "passes_smoothed": passes,
+        "smoothing_on_ref_model": [m is trainer.ref_model for m in smoothing["models"]],
+        "ref_is_student": trainer.ref_model is trainer.model,
+        "model_copies": copies,
+        "reference_unchanged": reference_unchanged,
+        "student_changed": student_changed,
+        "trained": train,
+        "log_history": trainer.state.log_history,
+    }
+
+
+def probe_after(model_dir: str, trained_dir: str, rows: int = 8, tau: float = 2.3) -> dict:
+    """Forget KL to the smoothed original and forget NLL, before vs after unlearning."""
+    from asu_plugin import smoothed_attention, token_kl
+
+    cfg = compose(["experiment=unlearn/tofu/asu_cpu", "task_name=probe", "paths.output_dir=/tmp"])
+    from data import get_collators, get_datasets
+    from model import get_tokenizer
+
+    tokenizer = get_tokenizer(cfg.model.tokenizer_args)
+    forget_cfg = cfg.data.forget
+    dataset = get_datasets(forget_cfg, tokenizer=tokenizer, template_args=cfg.model.template_args)
+    collator = get_collators(cfg.collator, tokenizer=tokenizer)
+    batch = collator([dataset[i] for i in range(rows)])
+    original, trained = fresh_model(model_dir).eval(), fresh_model(trained_dir).eval()
+    ids = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    with torch.no_grad():
+        with smoothed_attention(original, tau):
+            teacher = original(**ids).logits
+        out_original = original(**ids, labels=batch["labels"])
+        out_trained = trained(**ids, labels=batch["labels"])
+    return {
+        "rows": rows,
+        "forget_kl_original": token_kl(out_original.logits, teacher, batch["labels"]).item(),
+        "forget_kl_trained": token_kl(out_trained.logits, teacher, batch["labels"]).item(),
+        "forget_nll_original": out_original.loss.item(),
+        "forget_nll_trained": out_trained.loss.item(),
+    }
+
+
+def probe_registry() -> dict:
+    import trainer as ou_trainer
+
+    import asu_plugin
+    import hydra_plugins.asu_plugin.asu_searchpath as plugin
+    from hydra.core.config_search_path import ConfigSearchPath  # noqa: F401
+    from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+
+    before = set(ou_trainer.TRAINER_REGISTRY)
+    first = dict(asu_plugin.register())
+    second = dict(asu_plugin.register())
+    path = ConfigSearchPathImpl()
+    plugin.ASUSearchPathPlugin().manipulate_search_path(path)
+    plugin = importlib.reload(plugin)  # what Hydra 1.3.0 does on its second plugin scan
+    plugin.ASUSearchPathPlugin().manipulate_search_path(path)
+    after = dict(ou_trainer.TRAINER_REGISTRY)
+    return {
+        "added": sorted(set(after) - before),
+        "size_first": len(first),
+        "size_second": len(second),
+        "size_after_reload": len(after),
+        "same_class": first["ASU_KL"] is second["ASU_KL"],
+        "classes": {k: f"{after[k].__module__}.{after[k].__qualname__}" for k in ("ASU_GD", "ASU_KL")},
+        "search_path": [(e.provider, e.path) for e in path.get_path()],
+    }
+
+
+def main(argv):
+    command = argv[0]
+    if command == "loss":
+        result = probe_loss(argv[1], argv[2], argv[3], train="--no-train" not in argv)
+    elif command == "after":
+        result = probe_after(argv[1], argv[2])
+    elif command == "compose":
+        result = probe_compose(json.loads(argv[1]))
+    elif command == "registry":
+        result = probe_registry()
+    else:
+        raise SystemExit(f"unknown command {command}")
+    print("PROBE_JSON " + json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
