@@ -43,6 +43,14 @@ def _backend(model: nn.Module) -> str:
     return str(getattr(config, "_attn_implementation", None) or "unknown")
 
 
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether activation checkpointing is on (5.x renamed the flag; the old name warns)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False
+
+
 def _wrap_forward(module: nn.Module, mode: TemperatureMode):
     """Install ``forward`` running inside ``mode``; return a callable that undoes it."""
     had_instance_forward = "forward" in module.__dict__
@@ -142,7 +150,7 @@ def smoothed_attention(
     if selection.tau == 1.0:
         yield model
         return
-    if getattr(model, "is_gradient_checkpointing", False) and torch.is_grad_enabled():
+    if _checkpointing(model) and torch.is_grad_enabled():
         logger.warning(
             "smoothed_attention on %s with gradient checkpointing: a backward run after leaving "
             "the context recomputes *unsmoothed* activations. Run the teacher under no_grad.",

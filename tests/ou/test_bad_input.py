@@ -70,3 +70,12 @@ def test_registration_idempotent(probe):
     assert result["classes"] == {"ASU_GD": "asu_plugin.trainers.ASU_GD", "ASU_KL": "asu_plugin.trainers.ASU_KL"}
     providers = [provider for provider, _ in result["search_path"]]
     assert providers.count("asu-plugin") == 1  # not appended twice
+
+
+def test_missing_data_split_is_named(run_ou, ou_data, model_dir, tmp_path):
+    """A split the offline mirror lacks fails in OU's loader with the name and the choices."""
+    run = run_ou("train.py", *CPU_TRAIN, "task_name=test_data", "forget_split=forget77",
+                 run_dir=tmp_path / "data", check=False)
+    assert run.returncode != 0
+    assert "forget77" in run.output and "forget01" in run.output  # what was asked, what exists
+    assert not (tmp_path / "data" / "model.safetensors").exists()
