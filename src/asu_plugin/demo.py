@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
             python, "src/eval.py", "experiment=eval/tofu/asu_cpu", f"task_name={args.task_name}_eval",
             f"model.model_args.pretrained_model_name_or_path={model_dir}",
             f"model.tokenizer_args.pretrained_model_name_or_path={model_dir}",
-            f"asu_eval_split={args.eval_split}",
+            f"asu_eval_split='{args.eval_split}'",  # quoted: Hydra's grammar reads [ ] as a list
         ],
         ou,
     )
