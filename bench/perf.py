@@ -39,6 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
+from asu_plugin.atomic import write_text_atomic  # noqa: E402  (after the path set-up)
+
 DEFAULT_OU_DIR = "~/.cache/asu-plugin/open-unlearning"
 DEFAULT_MODEL = "~/.cache/asu-plugin/models/SmolLM2-135M-Instruct"
 SECTIONS = ("teacher", "step", "design", "loss", "scaling")
@@ -106,22 +108,6 @@ def summary(values) -> dict:
 def ratios(a, b) -> dict:
     """Per-repeat ratios a_i / b_i of interleaved samples, summarised."""
     return summary([x / y for x, y in zip(a, b)])
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read and committed
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def proc_status_bytes(key: str) -> int | None:
@@ -926,7 +912,7 @@ def analyse(cfg, results: dict, sections) -> dict:
         c = cfg["scaling"]
         series = {}
         for method in c["methods"]:
-            xs, t_med, m_med, t_q = [], [], [], []
+            xs, t_med, m_med = [], [], []
             for answer in c["answers"]:
                 xs.append(answer)
                 t_med.append(summary(results["scale_time"]["times_s"][method][str(answer)]))
@@ -1219,7 +1205,7 @@ def main(argv=None) -> int:
         result = run_point(cfg, plan[args.point])
         text = json.dumps(result)
         if args.point_out:
-            atomic_write(Path(args.point_out), text)
+            write_text_atomic(Path(args.point_out), text)
         else:
             print(text)
         return 0
@@ -1277,8 +1263,8 @@ def main(argv=None) -> int:
     plotted = plot_scaling(report, out / "perf_scaling.png")
     meta["plot"] = "perf_scaling.png" if plotted else None
     markdown = render_markdown(report, meta)
-    atomic_write(out / "perf.json", json.dumps(_strict_json(document), indent=1, allow_nan=False) + "\n")
-    atomic_write(out / "perf.md", markdown)
+    write_text_atomic(out / "perf.json", json.dumps(_strict_json(document), indent=1, allow_nan=False) + "\n")
+    write_text_atomic(out / "perf.md", markdown)
     if not failures:
         shutil.rmtree(logdir, ignore_errors=True)  # kept when a point failed: its log is named in the error
     print(markdown)

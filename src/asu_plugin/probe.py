@@ -90,7 +90,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +97,7 @@ from typing import Iterable, Optional, Sequence
 
 import torch
 
+from .atomic import atomic_path, write_json_atomic
 from .errors import SmoothingError
 from .smoothing import check_smoothing_args, smoothed_attention
 
@@ -726,25 +726,6 @@ def run_probe(
 # outputs
 
 
-def _save_figure_atomic(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
 def plot_report(report: dict, path: Path) -> Path:
     """Mean NLL vs tau, one curve per token class (line style) and layer set (colour)."""
     try:
@@ -779,11 +760,12 @@ def plot_report(report: dict, path: Path) -> Path:
     import textwrap
 
     fig.text(0.01, -0.01, textwrap.fill(report["recommendation_line"], 130), fontsize=6.5, va="top")
-    return _save_figure_atomic(fig, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return path
 
 
 def write_outputs(report: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
-    from .run_record import write_json_atomic
 
     out_dir = Path(out_dir)
     json_path = write_json_atomic(out_dir / JSON_NAME, report)
@@ -970,7 +952,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 system_prompt=args.system_prompt,
                 max_new_tokens=args.max_new_tokens if args.max_new_tokens > 0 else 32,
             )
-            from .run_record import write_json_atomic
 
             path = write_json_atomic(
                 Path(args.out) / GENERATE_JSON_NAME, {"schema": SCHEMA, "generations": results}

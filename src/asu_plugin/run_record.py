@@ -13,42 +13,15 @@ half a file, even when the process is killed.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Any, Mapping
 
+from .atomic import write_json_atomic, write_text_atomic
+
 RECORD_NAME = "asu_run.json"
 FAILURE_NAME = "ASU_FAILED.txt"
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
-def write_json_atomic(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _now() -> str:
