@@ -706,13 +706,7 @@ def run_forked(cfg, spec, logdir: Path) -> dict:
             sys.stderr.flush()
             os._exit(code)
     _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise PointFailed(f"point {spec['name']} failed (exit {code}); log {log}:\n{_log_tail(log)}")
-    with open(out) as handle:
-        result = json.load(handle)
-    os.unlink(out)
-    return result
+    return _collect(spec, os.waitstatus_to_exitcode(status), log, out)
 
 
 def run_exec(cfg, spec, logdir: Path, argv_cfg: list[str]) -> dict:
@@ -722,6 +716,11 @@ def run_exec(cfg, spec, logdir: Path, argv_cfg: list[str]) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--point", spec["name"], "--point-out", out, *argv_cfg]
     with open(log, "w") as handle:
         code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
+    return _collect(spec, code, log, out)
+
+
+def _collect(spec, code: int, log: Path, out: str) -> dict:
+    """The JSON result a point's child process left in ``out``, or PointFailed with its log."""
     if code != 0:
         raise PointFailed(f"point {spec['name']} failed (exit {code}); log {log}:\n{_log_tail(log)}")
     with open(out) as handle:
