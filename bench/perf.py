@@ -57,10 +57,10 @@ FULL = {
     "model": "smollm2",
     "tau": ASU_ARGS["tau"],
     "teacher": {"backends": ["sdpa", "eager"], "seqs": [256, 1024], "batch": 1, "reps": 7, "warmup": 1},
-    "step": {"batch": 4, "seq": 256, "prompt": 128, "reps": 5, "warmup": 1, "rss_reps": 1},
+    "step": {"batch": 4, "seq": 256, "prompt": 128, "reps": 5, "warmup": 1, "rss_reps": 5},
     "loss": {"vocab": 49152, "seqs": [256, 512, 1024], "batch": 4, "reps": 5},
     "scaling": {"answers": [128, 256, 512, 1024], "prompt": 32, "batch": 1, "methods": ["ASU_KL", "NPO_KL"],
-                "reps": 5, "warmup": 1, "rss_reps": 1},
+                "reps": 5, "warmup": 1},
     "goals": {"teacher_sdpa": 1.03, "step_time": 1.00, "step_rss": 1.05, "loss_mem": 0.25,
               "loss_value": 1e-6},
 }
@@ -72,10 +72,10 @@ QUICK = {
     "tiny": {"vocab_size": 1024, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512},
     "teacher": {"backends": ["sdpa", "eager"], "seqs": [32, 64], "batch": 1, "reps": 2, "warmup": 1},
-    "step": {"batch": 4, "seq": 32, "prompt": 16, "reps": 2, "warmup": 1, "rss_reps": 1},
+    "step": {"batch": 4, "seq": 32, "prompt": 16, "reps": 2, "warmup": 1, "rss_reps": 2},
     "loss": {"vocab": 4096, "seqs": [32, 64], "batch": 2, "reps": 2},
     "scaling": {"answers": [8, 16, 32], "prompt": 8, "batch": 1, "methods": ["ASU_KL", "NPO_KL"],
-                "reps": 2, "warmup": 1, "rss_reps": 1},
+                "reps": 2, "warmup": 1},
 }
 
 
@@ -440,7 +440,8 @@ def point_step_time(cfg, spec):
 
 
 def point_step_rss(cfg, spec):
-    """Peak RSS of one optimizer step (steady state: AdamW state allocated) of one method."""
+    """Peak RSS of one optimizer step (steady state: AdamW state allocated) of one method, and
+    the time of that step after ``spec["warmup"]`` warm-up steps."""
     import torch
 
     baseline = current_rss_bytes()
@@ -450,6 +451,8 @@ def point_step_rss(cfg, spec):
     trainer = build_trainer(spec["method"], model, dataset, collator, spec["batch"], workdir)
     params_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / MB
     prime_optimizer(trainer)
+    for _ in range(spec.get("warmup", 0)):
+        train_step(trainer, batch)
     seconds, loss = train_step(trainer, batch)
     return {"peak_rss_mb": peak_rss_bytes() / MB, "baseline_rss_mb": baseline / MB, "step_s": seconds,
             "loss": loss, "model_mb": params_mb, "threads": torch.get_num_threads()}
@@ -571,38 +574,12 @@ def point_loss_check(cfg, spec):
     }
 
 
-def point_scale_time(cfg, spec):
-    import torch
-
-    scfg = cfg["scaling"]
-    workdir = tempfile.mkdtemp(prefix="trainer-", dir=os.environ.get("ASU_BENCH_TMP"))
-    trainers, batches = {}, {}
-    for name in scfg["methods"]:
-        model = load_model(cfg)
-        for answer in scfg["answers"]:
-            dataset, collator, batches[answer] = make_batch(
-                vocab_size(model), scfg["batch"], scfg["prompt"] + answer, scfg["prompt"])
-        trainers[name] = build_trainer(name, model, dataset, collator, scfg["batch"], workdir)
-    for _ in range(scfg["warmup"]):
-        for answer in scfg["answers"]:
-            for trainer in trainers.values():
-                train_step(trainer, batches[answer])
-    times = {name: {str(a): [] for a in scfg["answers"]} for name in trainers}
-    names = list(trainers)
-    for rep in range(scfg["reps"]):
-        for answer in (scfg["answers"] if rep % 2 == 0 else scfg["answers"][::-1]):
-            for name in (names if rep % 2 == 0 else names[::-1]):
-                times[name][str(answer)].append(train_step(trainers[name], batches[answer])[0])
-    return {"times_s": times, "threads": torch.get_num_threads()}
-
-
 POINT_KINDS = {
     "teacher": point_teacher,
     "step_time": point_step_time,
     "step_rss": point_step_rss,
     "loss_mem": point_loss_mem,
     "loss_check": point_loss_check,
-    "scale_time": point_scale_time,
 }
 
 
@@ -661,13 +638,16 @@ def build_plan(cfg, sections, ou_ok) -> list[dict]:
                     section="step" if "step" in sections and method != "ASU_KL_2COPIES" else "design",
                     **step_shape)
     if ou_ok and "scaling" in sections:
+        # one fresh process per (method, length, repeat), interleaved: its warm-up step, then one
+        # timed step whose peak RSS is the memory figure (in-process timing of every length would
+        # cost a second pass over all of them)
         c = cfg["scaling"]
-        add("scale_time", kind="scale_time", needs_ou=True, section="scaling")
-        for rep in range(c["rss_reps"]):
-            for answer in c["answers"]:
+        for rep in range(c["reps"]):
+            for answer in (c["answers"] if rep % 2 == 0 else c["answers"][::-1]):
                 for method in (c["methods"] if rep % 2 == 0 else c["methods"][::-1]):
-                    add(f"scale_rss:{method}:A{answer}:r{rep}", kind="step_rss", method=method, needs_ou=True,
-                        section="scaling", batch=c["batch"], seq=c["prompt"] + answer, prompt=c["prompt"])
+                    add(f"scale:{method}:A{answer}:r{rep}", kind="step_rss", method=method, needs_ou=True,
+                        section="scaling", batch=c["batch"], seq=c["prompt"] + answer, prompt=c["prompt"],
+                        warmup=c["warmup"])
     return list(plan.values())
 
 
@@ -907,23 +887,25 @@ def analyse(cfg, results: dict, sections) -> dict:
                                         "profile_memory), RSS high-water delta as cross-check; fresh process per point"}
 
     # 5. scaling
-    if "scale_time" in results:
+    if any(name.startswith("scale:") for name in results):
         c = cfg["scaling"]
         series = {}
         for method in c["methods"]:
             xs, t_med, m_med = [], [], []
             for answer in c["answers"]:
+                points = [r for k, r in results.items() if k.startswith(f"scale:{method}:A{answer}:")]
+                if not points:
+                    continue
                 xs.append(answer)
-                t_med.append(summary(results["scale_time"]["times_s"][method][str(answer)]))
-                peaks = [r["peak_rss_mb"] for k, r in results.items()
-                         if k.startswith(f"scale_rss:{method}:A{answer}:")]
-                m_med.append(summary(peaks) if peaks else None)
+                t_med.append(summary([r["step_s"] for r in points]))
+                m_med.append(summary([r["peak_rss_mb"] for r in points]))
             series[method] = {
                 "answers": xs, "step_s": t_med, "peak_rss_mb": m_med,
                 "time_slope_s_per_1k": 1000 * _slope(xs, [t["median"] for t in t_med]),
                 "rss_slope_mb_per_1k": 1000 * _slope(xs, [m["median"] for m in m_med]) if all(m_med) else None,
             }
-        report["scaling"] = {"prompt": c["prompt"], "batch": c["batch"], "series": series}
+        report["scaling"] = {"prompt": c["prompt"], "batch": c["batch"], "processes": c["reps"],
+                             "series": series}
         asu, npo = c["methods"][0], c["methods"][-1]
         if asu != npo:
             report["scaling"]["time_slope_ratio"] = (
@@ -1020,11 +1002,11 @@ def why_notes(report) -> list[str]:
             notes.append(
                 f"**{name}**: {goal['text']}. Smoothing adds no tensor work on SDPA (it only changes "
                 "`scale`), so what it costs is per call, not per token: the TorchFunctionMode that sees every "
-                "torch call inside each selected attention module, the forward wrappers and `select()` on "
-                f"entering the context. Absolute overhead per forward ({extra}) should stay about constant "
-                "in T while the forward grows, so the ratio falls with T; the profiled forwards (plain vs "
-                "smoothed) are in perf.json. Cause: ours (asu_plugin.temperature_mode / smoothing); a cheaper "
-                "path would intercept only the SDPA call and cache the selection."
+                "torch call inside each selected attention module (one set lookup on the fast path) and the "
+                f"forward wrappers installed on entering the context (layout cached per model). Absolute "
+                f"overhead per forward ({extra}) should stay about constant in T while the forward grows, so "
+                "the ratio falls with T, and a figure below the IQR of noise is noise; the profiled "
+                "forwards (plain vs smoothed) are in perf.json."
             )
         elif name.startswith("step time"):
             notes.append(
@@ -1136,7 +1118,8 @@ def render_markdown(report, meta) -> str:
         sc = report["scaling"]
         lines += ["", f"## Scaling (batch {sc['batch']}, prompt {sc['prompt']}, forget + retain)", "",
                   "![scaling](perf_scaling.png)", "",
-                  "| method | answer tokens | step s (median, IQR) | peak RSS MB |", "|---|---|---|---|"]
+                  f"Fresh process per point: warm-up step, then one timed step; medians of {sc['processes']} processes.", "",
+                  "| method | answer tokens | step s (median, IQR) | peak RSS MB (median) |", "|---|---|---|---|"]
         for method, series in sc["series"].items():
             for a, t, mem in zip(series["answers"], series["step_s"], series["peak_rss_mb"]):
                 lines.append(f"| {method} | {a} | {t['median']:.3f} ({t['q1']:.3f}-{t['q3']:.3f}) | "

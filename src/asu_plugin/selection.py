@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -75,9 +76,23 @@ def _outermost_attention(layer: nn.Module) -> list[nn.Module]:
     return found
 
 
+_layouts: "weakref.WeakKeyDictionary[nn.Module, AttentionLayout]" = weakref.WeakKeyDictionary()
+
+
 def find_attention_layout(model: nn.Module) -> AttentionLayout:
-    """Map decoder-layer index -> attention module for any HF causal LM."""
+    """Map decoder-layer index -> attention module for any HF causal LM.
+
+    Cached per model: the search walks every module (~1 ms on a 30-layer model), and a
+    teacher enters ``smoothed_attention`` once per training step.
+    """
     model = unwrap_model(model)
+    layout = _layouts.get(model)
+    if layout is None:
+        layout = _layouts[model] = _search_attention_layout(model)
+    return layout
+
+
+def _search_attention_layout(model: nn.Module) -> AttentionLayout:
     config = text_config(model)
     num_layers = getattr(config, "num_hidden_layers", None)
     num_heads = getattr(config, "num_attention_heads", None)

@@ -150,7 +150,7 @@ def smoothed_attention(
     if selection.tau == 1.0:
         yield model
         return
-    if _checkpointing(model) and torch.is_grad_enabled():
+    if torch.is_grad_enabled() and _checkpointing(model):  # the check walks every module
         logger.warning(
             "smoothed_attention on %s with gradient checkpointing: a backward run after leaving "
             "the context recomputes *unsmoothed* activations. Run the teacher under no_grad.",

@@ -31,6 +31,7 @@ from .errors import SmoothingError
 _SDPA = {F.scaled_dot_product_attention}
 _SOFTMAX = {F.softmax, torch.softmax, torch.Tensor.softmax, torch.special.softmax}
 _TANH = {torch.tanh, torch.Tensor.tanh, F.tanh}
+_INTERCEPTED = _SDPA | _SOFTMAX | _TANH
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 
@@ -98,7 +99,10 @@ class TemperatureMode(TorchFunctionMode):
 
     # -- interception ----------------------------------------------------------------------
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = dict(kwargs or {})
+        kwargs = kwargs or {}
+        if func not in _INTERCEPTED:  # the fast path: every other op of the attention forward
+            return func(*args, **kwargs)
+        kwargs = dict(kwargs)
         if func in _SDPA:
             self.hits += 1
             kwargs.update(zip(_SDPA_ARGS, args))  # callers mix positional and keyword forms
