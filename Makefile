@@ -26,7 +26,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 CONSTRAINTS := $(abspath .venv-constraints.txt)
 PIP = PIP_CONSTRAINT=$(CONSTRAINTS) $(1)/bin/pip install --disable-pip-version-check -q
 
-.PHONY: install ou venv matrix model data test test-core demo clean bench-perf
+.PHONY: install ou venv matrix model data test test-core demo clean bench-perf bench-tofu bench-continual reliability
 
 install: ou venv matrix model data
 
@@ -82,3 +82,18 @@ bench-perf:
 
 clean:
 	rm -rf $(VENV) $(addprefix .venv-tf,$(TF_MATRIX)) $(CONSTRAINTS) build src/*.egg-info
+
+# mini-TOFU (issue 7): resumable; models and runs under ~/.cache/asu-plugin/mini_tofu
+bench-tofu:
+	$(PY) bench/mini_tofu.py
+
+# continual unlearning, 3 forget01-sized blocks, teacher=original, on the mini-TOFU target when built
+CONTINUAL_MODEL ?= $(firstword $(wildcard $(HOME)/.cache/asu-plugin/mini_tofu/models/target/model.safetensors))
+bench-continual:
+	$(PY) -m asu_plugin.continual --steps 3 --teacher original --ou-dir "$(OU_DIR)" \
+	  --model $(if $(CONTINUAL_MODEL),$(dir $(CONTINUAL_MODEL)),$(HOME)/.cache/asu-plugin/models/SmolLM2-135M-Instruct) \
+	  --work $(HOME)/.cache/asu-plugin/continual --utility-split 'train[:40]'
+	mkdir -p bench/results/continual && cp $(HOME)/.cache/asu-plugin/continual/continual.{json,png} bench/results/continual/
+
+reliability:
+	$(PY) docs/reliability.py

@@ -451,8 +451,11 @@ def point_step_rss(cfg, spec):
     trainer = build_trainer(spec["method"], model, dataset, collator, spec["batch"], workdir)
     params_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / MB
     prime_optimizer(trainer)
-    for _ in range(spec.get("warmup", 0)):
-        train_step(trainer, batch)
+    if spec.get("warmup"):  # process warm-up (threads, allocator, kernels) on the shortest length
+        warm_seq = spec.get("warmup_seq") or spec["seq"]
+        warm = make_batch(vocab_size(model), spec["batch"], warm_seq, spec["prompt"])[2]
+        for _ in range(spec["warmup"]):
+            train_step(trainer, warm)
     seconds, loss = train_step(trainer, batch)
     return {"peak_rss_mb": peak_rss_bytes() / MB, "baseline_rss_mb": baseline / MB, "step_s": seconds,
             "loss": loss, "model_mb": params_mb, "threads": torch.get_num_threads()}
@@ -638,16 +641,16 @@ def build_plan(cfg, sections, ou_ok) -> list[dict]:
                     section="step" if "step" in sections and method != "ASU_KL_2COPIES" else "design",
                     **step_shape)
     if ou_ok and "scaling" in sections:
-        # one fresh process per (method, length, repeat), interleaved: its warm-up step, then one
-        # timed step whose peak RSS is the memory figure (in-process timing of every length would
-        # cost a second pass over all of them)
+        # one fresh process per (method, length, repeat), interleaved: a warm-up step at the
+        # shortest length, then one timed step whose peak RSS is the memory figure (in-process
+        # timing of every length would cost a second pass over all of them)
         c = cfg["scaling"]
         for rep in range(c["reps"]):
             for answer in (c["answers"] if rep % 2 == 0 else c["answers"][::-1]):
                 for method in (c["methods"] if rep % 2 == 0 else c["methods"][::-1]):
                     add(f"scale:{method}:A{answer}:r{rep}", kind="step_rss", method=method, needs_ou=True,
                         section="scaling", batch=c["batch"], seq=c["prompt"] + answer, prompt=c["prompt"],
-                        warmup=c["warmup"])
+                        warmup=c["warmup"], warmup_seq=c["prompt"] + min(c["answers"]))
     return list(plan.values())
 
 
@@ -1118,7 +1121,8 @@ def render_markdown(report, meta) -> str:
         sc = report["scaling"]
         lines += ["", f"## Scaling (batch {sc['batch']}, prompt {sc['prompt']}, forget + retain)", "",
                   "![scaling](perf_scaling.png)", "",
-                  f"Fresh process per point: warm-up step, then one timed step; medians of {sc['processes']} processes.", "",
+                  f"Fresh process per point: a warm-up step at the shortest length, then one timed step; medians of "
+                  f"{sc['processes']} processes.", "",
                   "| method | answer tokens | step s (median, IQR) | peak RSS MB (median) |", "|---|---|---|---|"]
         for method, series in sc["series"].items():
             for a, t, mem in zip(series["answers"], series["step_s"], series["peak_rss_mb"]):

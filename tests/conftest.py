@@ -17,6 +17,26 @@ _outcomes: dict[str, str] = {}
 _collected = {"ou": 0}
 
 
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of the embedded SmolLM2, loaded once; tests using it carry needs_model."""
+    from asu_plugin.probe import load_model
+    from tests.smollm2 import MODEL_DIR
+
+    return load_model(MODEL_DIR)
+
+
+@pytest.fixture
+def reliability(record_property):
+    """reliability(row, outcome): this test's row of docs/reliability.md (docs/reliability.py)."""
+
+    def record(row: str, outcome: str) -> None:
+        record_property("reliability_row", row)
+        record_property("reliability_outcome", outcome)
+
+    return record
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if OU_TESTS in Path(str(item.fspath)).parents:

@@ -20,7 +20,6 @@ import pytest
 import torch
 
 from asu_plugin import smoothed_attention
-from asu_plugin.models import default_model_dir, is_complete
 from asu_plugin.probe import (
     ECHO,
     FACTUAL,
@@ -32,12 +31,8 @@ from asu_plugin.probe import (
     parse_layer_sets,
     survives,
 )
+from tests.smollm2 import needs_model
 
-MODEL_DIR = default_model_dir()
-HAVE_MODEL = is_complete(MODEL_DIR) or (MODEL_DIR / "config.json").is_file()
-needs_model = pytest.mark.skipif(
-    not HAVE_MODEL, reason=f"SmolLM2 not at {MODEL_DIR} (build it: asu-prepare-model prepare-smollm2)"
-)
 
 
 def _spans(text: str, pieces: list[str]) -> list[tuple[int, int]]:
@@ -251,13 +246,6 @@ def test_cached_generation_matches_full_forwards_tiny(attn):
             plain = _greedy_full_forwards(model, prompt, steps, 1.0, None, eos=None)
             changed |= plain != reference
     assert changed, "smoothing never changed the greedy continuation: the test would not see a missing patch"
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    from asu_plugin.probe import load_model
-
-    return load_model(MODEL_DIR)
 
 
 @needs_model

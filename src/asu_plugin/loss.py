@@ -100,3 +100,25 @@ def token_kl(student_logits: torch.Tensor, target_logits: torch.Tensor, labels: 
     per_sample = torch.zeros(batch, dtype=row_kl.dtype, device=row_kl.device).index_add(0, sample, row_kl)
     has_answer = counts > 0
     return (per_sample[has_answer] / counts[has_answer]).mean()
+
+
+def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean NLL over all answer tokens of the batch, as a Hugging Face model's ``.loss``, but
+    0 (with a graph, not NaN) for a batch without answer tokens (e.g. prompts cut by max_length)."""
+    shifted = labels[:, 1:].reshape(-1)
+    rows = logits[:, :-1].reshape(-1, logits.shape[-1])
+    total = torch.nn.functional.cross_entropy(rows.float(), shifted, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (shifted != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def drop_first_answer_token(labels: torch.Tensor) -> torch.Tensor:
+    """``labels`` with each row's first answer token set to -100 (a copy).
+
+    ASU+IDK: the IDK answer already dictates the first answer token ("I ..."), so the KL to
+    the smoothed teacher, which would pull it towards the original answer's opening, skips it.
+    """
+    labels = labels.clone()
+    answer = labels != IGNORE_INDEX
+    rows = answer.any(dim=1).nonzero(as_tuple=True)[0]
+    labels[rows, answer[rows].float().argmax(dim=1)] = IGNORE_INDEX
+    return labels

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 #: The OpenUnlearning commit the plugin is written and tested against.
 OU_PINNED_COMMIT = "d3d7cf9"
 DEFAULT_OU_DIR = "~/.cache/asu-plugin/open-unlearning"
-TRAINER_NAMES = ("ASU_GD", "ASU_KL")
+TRAINER_NAMES = ("ASU_GD", "ASU_KL", "ASU_IDK")
 
 
 class OpenUnlearningNotFound(ImportError):
@@ -105,8 +105,37 @@ def _import_ou_trainer():
         return trainer
 
 
+def _put(registry: dict, name: str, cls, what: str) -> None:
+    current = registry.get(name)
+    if current is not None and current is not cls:
+        # A re-executed asu_plugin module defines a new class object: keep the newest, but
+        # refuse to overwrite somebody else's class of the same name.
+        if getattr(current, "__module__", None) != cls.__module__:
+            raise RuntimeError(
+                f"OU's {what} already has a different {name!r} "
+                f"({current.__module__}.{current.__qualname__}); not overwriting it."
+            )
+    registry[name] = cls
+
+
+def _register_model_handler() -> None:
+    """``model_handler: ASUSmoothedTeacher`` for OU's get_model (scores the smoothed teacher)."""
+    import model as ou_model  # OU's src/model (on sys.path once OU's trainer imported)
+
+    registry = getattr(ou_model, "MODEL_REGISTRY", None)
+    if not isinstance(registry, dict):
+        raise RuntimeError(
+            f"OpenUnlearning's `model` package ({getattr(ou_model, '__file__', '?')}) has no MODEL_REGISTRY "
+            f"dict: its API changed. asu-plugin is written against OU commit {OU_PINNED_COMMIT}."
+        )
+    from .teacher_model import ASUSmoothedTeacher
+
+    _put(registry, ASUSmoothedTeacher.__name__, ASUSmoothedTeacher, "MODEL_REGISTRY")
+
+
 def register(trainer_module=None) -> dict:
-    """Add ``ASU_GD`` and ``ASU_KL`` to OU's ``trainer.TRAINER_REGISTRY``; return the registry.
+    """Add ``ASU_GD``, ``ASU_KL`` and ``ASU_IDK`` to OU's ``trainer.TRAINER_REGISTRY`` and the
+    ``ASUSmoothedTeacher`` model handler to ``model.MODEL_REGISTRY``; return the trainer registry.
 
     Idempotent: calling it again (Hydra re-imports plugin modules) changes nothing.
     ``trainer_module`` is OU's ``trainer`` package when the caller already holds it.
@@ -126,16 +155,7 @@ def register(trainer_module=None) -> dict:
         warn_if_other_commit(Path(source).resolve().parents[2])
 
     for name in TRAINER_NAMES:
-        cls = getattr(trainers, name)
-        current = registry.get(name)
-        if current is not None and current is not cls:
-            # A re-executed asu_plugin.trainers module defines a new class object: keep the
-            # newest, but refuse to overwrite somebody else's trainer of the same name.
-            if getattr(current, "__module__", None) != cls.__module__:
-                raise RuntimeError(
-                    f"OU's TRAINER_REGISTRY already has a different {name!r} "
-                    f"({current.__module__}.{current.__qualname__}); not overwriting it."
-                )
-        registry[name] = cls
+        _put(registry, name, getattr(trainers, name), "TRAINER_REGISTRY")
+    _register_model_handler()
     logger.debug("asu_plugin: registered %s in OU's TRAINER_REGISTRY", ", ".join(TRAINER_NAMES))
     return registry

@@ -79,3 +79,22 @@ def clear_failure_marker(output_dir: str | os.PathLike) -> None:
         (Path(output_dir) / FAILURE_NAME).unlink()
     except FileNotFoundError:
         pass
+
+
+def weights_fingerprint(model) -> str | None:
+    """A cheap identity of a model's weights: sha256 over the first 4096 values of every
+    parameter (in float32). Recorded for the frozen teacher / reference so a resumed run
+    can show it was rebuilt from the original model, not from the checkpointed student.
+    None when parameters are partitioned away (DeepSpeed ZeRO-3 leaves empty shards)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, parameter in model.named_parameters():
+        if parameter.numel() == 0:
+            return None
+        values = parameter.detach().reshape(-1)[:4096].to("cpu", torch.float32)
+        digest.update(name.encode())
+        digest.update(values.numpy().tobytes())
+    return digest.hexdigest()

@@ -1,6 +1,7 @@
-"""ASU_GD and ASU_KL: Attention Smoothing Unlearning as OpenUnlearning trainers.
+"""ASU_GD, ASU_KL and ASU_IDK: Attention Smoothing Unlearning as OpenUnlearning trainers.
 
     loss = gamma * KL(teacher || student) on forget answer tokens + alpha * retain term
+    (ASU_IDK: gamma * (KL without the first answer token + NLL of an IDK answer) + alpha * retain)
 
 The teacher is the frozen original model with its attention softmax at temperature tau
 (``smoothed_attention``): flatter attention blurs the facts the model recalls, so the
@@ -28,7 +29,7 @@ from transformers import Trainer
 from trainer.unlearn.grad_diff import GradDiff  # OpenUnlearning
 
 from . import run_record
-from .loss import token_kl
+from .loss import answer_nll, drop_first_answer_token, token_kl
 from .smoothing import check_smoothing_args, smoothed_attention
 
 logger = logging.getLogger(__name__)
@@ -63,10 +64,35 @@ def _ranges(indices) -> str:
     return ",".join(f"{a}-{b}" if a != b else f"{a}" for a, b in parts)
 
 
-class ASUTrainer(GradDiff):
-    """Shared part of ASU_GD and ASU_KL: settings, teacher pass, logging, run record.
+def _load_teacher(path: str, student):
+    """The frozen model from ``path``, loaded like the student (dtype, attention backend)."""
+    from transformers import AutoModelForCausalLM
 
-    Subclasses set ``RETAIN_LOSS_TYPE`` and implement ``compute_retain_loss``.
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"teacher_path {path!r} is not a directory: point trainer.method_args.teacher_path at a saved "
+            "model (save_pretrained output), or leave it null to use the model being unlearned"
+        )
+    backend = getattr(student.config, "_attn_implementation", None)
+    return AutoModelForCausalLM.from_pretrained(path, torch_dtype=student.dtype, attn_implementation=backend)
+
+
+def _resume_target(value):
+    """trainer.args.resume_from_checkpoint: a checkpoint dir, or true = the newest in output_dir."""
+    if isinstance(value, str) and value.strip().lower() in ("true", "last", "latest"):
+        return True
+    if isinstance(value, str) and not os.path.isdir(value):
+        raise FileNotFoundError(
+            f"resume_from_checkpoint={value!r} is not a directory: pass a checkpoint-<step> dir "
+            "of this run, or true for the newest one in trainer.args.output_dir"
+        )
+    return value
+
+
+class ASUTrainer(GradDiff):
+    """Shared part of the ASU trainers: settings, frozen model, teacher pass, losses, logging,
+    run record, resume. Subclasses choose the retain term (``RETAIN_LOSS_TYPE``: NLL or KL)
+    and may extend the forget term (``compute_forget_loss``, as ASU_IDK does).
     """
 
     RETAIN_LOSS_TYPE = "NLL"
@@ -81,6 +107,7 @@ class ASUTrainer(GradDiff):
         gamma: float = 0.1,
         alpha: float = 1.0,
         retain_loss_type: str | None = None,
+        teacher_path: str | None = None,
         **kwargs,
     ):
         training_args = kwargs.get("args")
@@ -93,21 +120,34 @@ class ASUTrainer(GradDiff):
             model = kwargs.get("model")  # OU passes everything by keyword
             self.tau, self.layers, self.heads = tau, _plain(layers), _plain(heads)
             selection = check_smoothing_args(model, self.tau, self.layers, self.heads)
+            self.teacher_path = teacher_path
+            frozen_source = _load_teacher(teacher_path, model) if teacher_path else model
         except Exception as error:
             if output_dir:
                 run_record.write_failure_marker(output_dir, error, f"configuring {type(self).__name__}")
             raise
         self._selection = selection
-        super().__init__(*args, gamma=gamma, alpha=alpha, retain_loss_type=retain_loss_type, **kwargs)
-        if self.ref_model is None:  # GradDiff builds it only for retain_loss_type KL
-            self.ref_model = self._prepare_ref_model(self.model)
-        for parameter in self.ref_model.parameters():
-            parameter.requires_grad_(False)
+        # "NLL" here only stops GradDiff from copying the student: the frozen copy is ours
+        super().__init__(*args, gamma=gamma, alpha=alpha, retain_loss_type="NLL", **kwargs)
+        self.retain_loss_type = retain_loss_type
+        # the frozen model (teacher inside smoothed_attention, reference outside) is a copy of
+        # the model as loaded — the original, also when Trainer later resumes the student from
+        # a checkpoint — or of teacher_path's model (continual unlearning, teacher=original)
+        self.ref_model = self._build_frozen_model(frozen_source)
+        del frozen_source
         # our loss is a mean per sample, not a sum over num_items_in_batch: let Trainer
         # (transformers >= 4.46) divide by the accumulation steps as for any other loss
         self.model_accepts_loss_kwargs = False
         self._asu_sums: dict[str, torch.Tensor] = {}
         self._asu_count = 0
+
+    def _build_frozen_model(self, source):
+        """A frozen copy of ``source`` through OU's ``_prepare_ref_model`` (DeepSpeed ZeRO-3 /
+        accelerate handling included): ASU's teacher and reference."""
+        frozen = self._prepare_ref_model(source)
+        for parameter in frozen.parameters():
+            parameter.requires_grad_(False)
+        return frozen
 
     # ---- validation -------------------------------------------------------------------
 
@@ -116,7 +156,7 @@ class ASUTrainer(GradDiff):
         if unknown:
             raise TypeError(
                 f"{type(self).__name__}: unknown method_args option(s) {', '.join(unknown)}; "
-                "known: tau, layers, heads, gamma, alpha, retain_loss_type"
+                "known: tau, layers, heads, gamma, alpha, retain_loss_type, teacher_path"
             )
 
     def _check_dataset(self, dataset) -> None:
@@ -163,22 +203,41 @@ class ASUTrainer(GradDiff):
         with torch.no_grad():
             return self._forward_logits(self.ref_model, batch)
 
-    def compute_forget_loss(self, model, forget):
+    def forget_kl(self, model, forget, labels=None):
+        """ASU's forget term: KL(smoothed teacher || student) on the answer tokens of ``labels``."""
         outputs = model(**{key: forget[key] for key in _MODEL_INPUTS}, use_cache=False)
-        return token_kl(outputs.logits, self.teacher_logits(forget), forget["labels"]), outputs
+        labels = forget["labels"] if labels is None else labels
+        return token_kl(outputs.logits, self.teacher_logits(forget), labels), outputs
+
+    def compute_forget_loss(self, model, forget):
+        """(forget term, student outputs, its logged parts)."""
+        kl, outputs = self.forget_kl(model, forget)
+        return kl, outputs, {"forget_kl": kl}
+
+    def retain_nll(self, model, retain):
+        return answer_nll(self._forward_logits(model, retain), retain["labels"])
+
+    def retain_kl(self, model, retain):
+        student = self._forward_logits(model, retain)
+        return token_kl(student, self.reference_logits(retain), retain["labels"])
+
+    def compute_retain_loss(self, model, retain_inputs):
+        if self.retain_loss_type == "KL":
+            return self.retain_kl(model, retain_inputs)
+        return self.retain_nll(model, retain_inputs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         forget, retain = self._batches(inputs)
-        forget_kl, forget_outputs = self.compute_forget_loss(model, forget)
+        forget_loss, forget_outputs, parts = self.compute_forget_loss(model, forget)
         retain_loss = self.compute_retain_loss(model, retain)
-        loss = self.gamma * forget_kl + self.alpha * retain_loss
+        loss = self.gamma * forget_loss + self.alpha * retain_loss
         if not torch.isfinite(loss.detach()):
+            detail = ", ".join(f"{key}={float(value)}" for key, value in {**parts, "retain_loss": retain_loss}.items())
             raise FloatingPointError(
-                f"{type(self).__name__}: loss is {loss.item()} (forget_kl={forget_kl.item()}, "
-                f"retain_loss={float(retain_loss)}) at step {self.state.global_step}; "
+                f"{type(self).__name__}: loss is {loss.item()} ({detail}) at step {self.state.global_step}; "
                 "try fp32 / bf16 instead of fp16, or a lower learning rate"
             )
-        self._accumulate(forget_kl=forget_kl, retain_loss=retain_loss)
+        self._accumulate(**parts, retain_loss=retain_loss)
         return (loss, forget_outputs) if return_outputs else loss
 
     # ---- logging: forget_kl / retain_loss beside OU's loss ------------------------------
@@ -210,21 +269,32 @@ class ASUTrainer(GradDiff):
             "gamma": self.gamma,
             "alpha": self.alpha,
             "retain_loss_type": self.retain_loss_type,
+            "teacher_path": self.teacher_path,
             "smoothed_layers": _ranges(self._selection.layers),
         }
 
     def _write_record(self, status: str, **extra) -> None:
         if self.is_world_process_zero():
+            extra = {**getattr(self, "_record_extra", {}), **extra}
             record = run_record.run_record(type(self).__name__, self.asu_settings(), status, **extra)
             run_record.write_run_record(self.args.output_dir, record)
 
     def train(self, *args, **kwargs):
         """Train, bracketed by asu_run.json; a failure leaves ASU_FAILED.txt (and no model:
-        OU saves the model only after train() returns)."""
+        OU saves the model only after train() returns). Resumes when
+        ``trainer.args.resume_from_checkpoint`` is set (a checkpoint dir, or true)."""
         output_dir = self.args.output_dir
+        if not args and kwargs.get("resume_from_checkpoint") is None and self.args.resume_from_checkpoint:
+            # OU's train.py calls train() without it: honour trainer.args.resume_from_checkpoint
+            kwargs["resume_from_checkpoint"] = _resume_target(self.args.resume_from_checkpoint)
+            logger.info("%s: resuming from %s", type(self).__name__, kwargs["resume_from_checkpoint"])
         if self.is_world_process_zero():
             os.makedirs(output_dir, exist_ok=True)
             run_record.clear_failure_marker(output_dir)
+        self._record_extra = {
+            "frozen_fingerprint": run_record.weights_fingerprint(self.ref_model),
+            "resumed_from": str(kwargs["resume_from_checkpoint"]) if kwargs.get("resume_from_checkpoint") else None,
+        }
         self._write_record("training")
         try:
             result = super().train(*args, **kwargs)
@@ -242,19 +312,56 @@ class ASU_GD(ASUTrainer):
 
     RETAIN_LOSS_TYPE = "NLL"
 
-    def compute_retain_loss(self, model, retain_inputs):
-        keys = (*_MODEL_INPUTS, "labels")
-        return model(**{key: retain_inputs[key] for key in keys}, use_cache=False).loss
-
 
 class ASU_KL(ASUTrainer):
     """ASU with the retain set kept by KL to the unsmoothed frozen model (the teacher's copy)."""
 
     RETAIN_LOSS_TYPE = "KL"
 
-    def compute_retain_loss(self, model, retain_inputs):
-        student = self._forward_logits(model, retain_inputs)
-        return token_kl(student, self.reference_logits(retain_inputs), retain_inputs["labels"])
+
+class ASU_IDK(ASUTrainer):
+    """ASU + IDK (the paper's ablation): forget term = ASU's KL on the original answer without
+    its first token + NLL of an "I don't know" answer to the same question.
+
+    Data: OU's ``QAwithIdkDataset`` (config ``TOFU_QA_forget_idk``, answers from
+    ``./data/idk.jsonl``), whose forget items hold ``original`` and ``alternate`` (the IDK
+    answer). Retain term: KL to the unsmoothed model (default) or NLL (``retain_loss_type``).
+    """
+
+    RETAIN_LOSS_TYPE = "KL"
+    RETAIN_LOSS_TYPES = ("KL", "NLL")
+    LOGGED = ("forget_kl", "idk_nll", "retain_loss")
+
+    def _check_retain_type(self, retain_loss_type):
+        if retain_loss_type is None:
+            return self.RETAIN_LOSS_TYPE
+        if retain_loss_type not in self.RETAIN_LOSS_TYPES:
+            raise ValueError(f"ASU_IDK: retain_loss_type must be KL or NLL, got {retain_loss_type!r}")
+        return retain_loss_type
+
+    def _check_dataset(self, dataset) -> None:
+        super()._check_dataset(dataset)
+        if dataset is not None and not hasattr(dataset.forget, "idk_responses"):
+            raise ValueError(
+                f"ASU_IDK needs IDK answers: its forget set must be OU's QAwithIdkDataset, got "
+                f"{type(dataset.forget).__name__}. Use experiment=unlearn/tofu/asu_idk (or "
+                "data/datasets@data.forget=TOFU_QA_forget_idk, which reads ./data/idk.jsonl)."
+            )
+
+    def _batches(self, inputs):
+        forget, retain = super()._batches(inputs)
+        if not (isinstance(forget, dict) and "original" in forget and "alternate" in forget):
+            raise KeyError(
+                "ASU_IDK: forget batches must hold 'original' and 'alternate' (OU's QAwithIdkDataset); "
+                f"got {sorted(forget) if isinstance(forget, dict) else type(forget).__name__}"
+            )
+        return forget, retain
+
+    def compute_forget_loss(self, model, forget):
+        original, idk = forget["original"], forget["alternate"]
+        kl, outputs = self.forget_kl(model, original, drop_first_answer_token(original["labels"]))
+        idk_nll = answer_nll(self._forward_logits(model, idk), idk["labels"])
+        return kl + idk_nll, outputs, {"forget_kl": kl, "idk_nll": idk_nll}
 
 
-__all__ = ["ASUTrainer", "ASU_GD", "ASU_KL"]
+__all__ = ["ASUTrainer", "ASU_GD", "ASU_IDK", "ASU_KL"]

@@ -31,10 +31,11 @@ def llama():
         (True, "must be a number"),
     ],
 )
-def test_bad_tau(llama, tau, match):
-    with pytest.raises(SmoothingError, match=match):
+def test_bad_tau(llama, tau, match, reliability):
+    with pytest.raises(SmoothingError, match=match) as error:
         with smoothed_attention(llama, tau):
             pass
+    reliability(f"tau={tau!r}", f"SmoothingError: {error.value}")
 
 
 @pytest.mark.parametrize(
@@ -49,16 +50,18 @@ def test_bad_tau(llama, tau, match):
         ([1.5], "integer indices"),
     ],
 )
-def test_bad_layers(llama, layers, match):
-    with pytest.raises(SmoothingError, match=match):
+def test_bad_layers(llama, layers, match, reliability):
+    with pytest.raises(SmoothingError, match=match) as error:
         select(llama, 2.0, layers=layers)
+    reliability(f"layers={layers!r} (3-layer model)", f"SmoothingError: {error.value}")
 
 
 @pytest.mark.parametrize("heads,match", [([4], r"heads \[4\] out of range.*4 heads"), ([], "empty heads")])
-def test_bad_heads(llama, heads, match):
-    with pytest.raises(SmoothingError, match=match):
+def test_bad_heads(llama, heads, match, reliability):
+    with pytest.raises(SmoothingError, match=match) as error:
         with smoothed_attention(llama, 2.0, heads=heads):
             pass
+    reliability(f"heads={heads!r} (4-head model)", f"SmoothingError: {error.value}")
 
 
 def test_layer_string_forms(llama):
@@ -72,12 +75,13 @@ def test_error_is_a_value_error():
     assert issubclass(SmoothingError, ValueError)
 
 
-def test_model_without_attention():
+def test_model_without_attention(reliability):
     config = transformers.MambaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=2, state_size=4)
     model = transformers.MambaForCausalLM(config)
-    with pytest.raises(SmoothingError, match="no attention modules found"):
+    with pytest.raises(SmoothingError, match="no attention modules found") as error:
         with smoothed_attention(model, 2.0):
             pass
+    reliability("architecture without attention (Mamba)", f"SmoothingError: {error.value}")
 
 
 class _LinearAttention(nn.Module):
@@ -127,16 +131,31 @@ def _exp_model(decoy):
     return TinyExpAttentionLM(config, decoy=decoy).eval()
 
 
-def test_unreachable_attention_is_refused():
-    with pytest.raises(SmoothingError, match=r"TinyExpAttentionLM layer 0 .*no call that smoothing can reach"):
+def test_unreachable_attention_is_refused(reliability):
+    with pytest.raises(SmoothingError, match=r"TinyExpAttentionLM layer 0 .*no call that smoothing can reach") as error:
         with smoothed_attention(_exp_model(decoy=False), 2.0):
             pass
+    reliability("attention the patch cannot reach (exp-normalised, no softmax / SDPA)", f"SmoothingError: {error.value}")
 
 
-def test_silent_no_op_is_caught_by_the_probe():
-    with pytest.raises(SmoothingError, match=r"TinyExpAttentionLM.*left the logits unchanged.*sdpa' or 'eager'"):
+def test_silent_no_op_is_caught_by_the_probe(reliability):
+    with pytest.raises(SmoothingError, match=r"TinyExpAttentionLM.*left the logits unchanged.*sdpa' or 'eager'") as error:
         with smoothed_attention(_exp_model(decoy=True), 2.0):
             pass
+    reliability("smoothing that would change nothing (decoy softmax; self-check)", f"SmoothingError: {error.value}")
+
+
+def test_openunlearning_without_a_registry_is_named(reliability):
+    """OU importable but its trainer package has no TRAINER_REGISTRY (an API change)."""
+    import types
+
+    from asu_plugin import register
+
+    changed = types.ModuleType("trainer")
+    changed.__file__ = "/ou/src/trainer/__init__.py"
+    with pytest.raises(RuntimeError, match="has no TRAINER_REGISTRY dict: its API changed") as error:
+        register(changed)
+    reliability("OU importable, TRAINER_REGISTRY absent (API change)", f"RuntimeError: {error.value}")
 
 
 def test_self_check_runs_once_per_model_and_selection(llama):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from .overrides import CPU_TRAIN, IDK_ON_CPU  # noqa: F401  (re-exported for the tests)
+
 OU_DIR = Path(os.environ.get("OU_DIR") or "~/.cache/asu-plugin/open-unlearning").expanduser()
 PROBE = Path(__file__).with_name("ou_probe.py")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -118,12 +120,32 @@ def probe(ou_dir, ou_data):
     return run
 
 
-CPU_TRAIN = (
-    "--config-name=unlearn.yaml",
-    "experiment=unlearn/tofu/asu_cpu",
-    "trainer.args.per_device_train_batch_size=2",
-    "trainer.args.logging_steps=1",
-)
+
+
+def model_overrides(path: Path) -> list[str]:
+    return [f"model.model_args.pretrained_model_name_or_path={path}",
+            f"model.tokenizer_args.pretrained_model_name_or_path={path}"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(model_dir, tmp_path_factory) -> Path:
+    """A 2-layer Llama with SmolLM2's tokenizer and vocabulary, saved like any HF model: OU's
+    train.py runs a step in well under a second with it, so multi-run tests stay cheap."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    base = AutoConfig.from_pretrained(model_dir)
+    config = LlamaConfig(
+        vocab_size=base.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, rope_theta=base.rope_theta,
+        tie_word_embeddings=True, bos_token_id=base.bos_token_id, eos_token_id=base.eos_token_id,
+        pad_token_id=base.pad_token_id, initializer_range=0.15,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(path)
+    return path
 
 
 @pytest.fixture(scope="session")

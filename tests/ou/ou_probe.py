@@ -26,6 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path.cwd() / "src"))  # OU's src, as `python src/train.py` has it
 
 import torch  # noqa: E402
+from overrides import IDK_ON_CPU  # noqa: E402  (tests/ou/overrides.py: this script's directory)
+
+
 
 
 def compose(overrides, config_name="unlearn.yaml"):
@@ -87,9 +90,10 @@ def probe_loss(method: str, model_dir: str, output_dir: str, train: bool = True)
     import asu_plugin.trainers as asu_trainers
     from asu_plugin import smoothed_attention, token_kl
 
+    experiment = ["experiment=unlearn/tofu/asu_idk", *IDK_ON_CPU] if method == "ASU_IDK" else [
+        "experiment=unlearn/tofu/asu_cpu", f"trainer={method}"]
     overrides = [
-        "experiment=unlearn/tofu/asu_cpu",
-        f"trainer={method}",
+        *experiment,
         "task_name=probe",
         f"paths.output_dir={output_dir}",
         "trainer.args.per_device_train_batch_size=2",
@@ -135,17 +139,31 @@ def probe_loss(method: str, model_dir: str, output_dir: str, train: bool = True)
     def logits(m, b):
         return m(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
 
+    def nll(m, b):  # the model's own (Hugging Face) loss
+        return m(**{k: b[k] for k in ("input_ids", "attention_mask", "labels")}).loss.item()
+
+    idk_nll = None
     with torch.no_grad():
+        if method == "ASU_IDK":
+            forget, idk = forget["original"], forget["alternate"]
+            labels = forget["labels"].clone()
+            for row in range(labels.shape[0]):  # the first answer token of each row is skipped
+                answer = (labels[row] != -100).nonzero()
+                if len(answer):
+                    labels[row, answer[0, 0]] = -100
+            idk_nll = nll(model, idk)
+        else:
+            labels = forget["labels"]
         with smoothed_attention(original, tau):
             teacher = logits(original, forget)
-        forget_kl = token_kl(logits(model, forget), teacher, forget["labels"]).item()
-        if method == "ASU_KL":
+        forget_kl = token_kl(logits(model, forget), teacher, labels).item()
+        if method in ("ASU_KL", "ASU_IDK"):
             retain_term = token_kl(logits(model, retain), logits(original, retain), retain["labels"]).item()
         else:
-            retain_term = model(**{k: retain[k] for k in ("input_ids", "attention_mask", "labels")}).loss.item()
-        expected = gamma * forget_kl + alpha * retain_term
+            retain_term = nll(model, retain)
+        expected = gamma * (forget_kl + (idk_nll or 0.0)) + alpha * retain_term
         trainer.tau = 1.0
-        forget_kl_tau1 = trainer.compute_forget_loss(model, forget)[0].item()
+        forget_kl_tau1 = trainer.compute_forget_loss(model, batch["forget"])[2]["forget_kl"].item()
         trainer.tau = tau
 
     # one optimizer step through Trainer.train(); the frozen copy must not move
@@ -165,6 +183,7 @@ def probe_loss(method: str, model_dir: str, output_dir: str, train: bool = True)
         "loss": loss,
         "expected": expected,
         "forget_kl": forget_kl,
+        "idk_nll": idk_nll,
         "retain_term": retain_term,
         "forget_kl_tau1": forget_kl_tau1,
         "passes_smoothed": passes,
@@ -207,7 +226,103 @@ def probe_after(model_dir: str, trained_dir: str, rows: int = 8, tau: float = 2.
     }
 
 
+def _qualified(cls) -> str | None:
+    return None if cls is None else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def probe_teacher(model_dir: str) -> dict:
+    """OU's get_model with model_handler=ASUSmoothedTeacher vs smoothed_attention on a plain load."""
+    from model import get_model
+
+    from asu_plugin import smoothed_attention
+
+    cfg = compose(["experiment=eval/tofu/asu_cpu", "task_name=probe", "model.model_handler=ASUSmoothedTeacher",
+                   "+model.model_args.asu_tau=2.3", "+model.model_args.asu_layers='0-5'"], "eval.yaml")
+    teacher, tokenizer = get_model(cfg.model)
+    plain = fresh_model(model_dir).eval()
+    ids = tokenizer(["The capital of France is", "Basil Mahfouz Al-Kuwaiti was born in"], return_tensors="pt",
+                    padding=True)
+    with torch.no_grad():
+        got = teacher(**ids).logits
+        unsmoothed = plain(**ids).logits
+        with smoothed_attention(plain, 2.3, "0-5"):
+            expected = plain(**ids).logits
+        generated = teacher.generate(**ids, max_new_tokens=6, do_sample=False)
+        with smoothed_attention(plain, 2.3, "0-5"):
+            expected_generation = plain.generate(**ids, max_new_tokens=6, do_sample=False)
+        teacher.asu_unsmooth()
+        restored = teacher(**ids).logits
+    return {
+        "max_diff_to_smoothed": (got - expected).abs().max().item(),
+        "max_diff_to_plain": (got - unsmoothed).abs().max().item(),
+        "generation_equal": torch.equal(generated, expected_generation),
+        "restored_diff_to_plain": (restored - unsmoothed).abs().max().item(),
+        "smoothing": teacher.asu_smoothing,
+    }
+
+
+def probe_edge(method: str, model_dir: str) -> dict:
+    """compute_loss + backward on batches without answer tokens (retain / forget)."""
+    experiment = (["experiment=unlearn/tofu/asu_idk", *IDK_ON_CPU] if method == "ASU_IDK"
+                  else ["experiment=unlearn/tofu/asu_cpu", f"trainer={method}"])
+    _, trainer = build([*experiment, "task_name=probe", "paths.output_dir=/tmp/asu_probe_edge",
+                        "trainer.args.report_to=none", "trainer.args.per_device_train_batch_size=2",
+                        f"model.model_args.pretrained_model_name_or_path={model_dir}",
+                        f"model.tokenizer_args.pretrained_model_name_or_path={model_dir}"])
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    results = {}
+    for case in ("retain_without_answers", "forget_all_prompt"):
+        crafted = {"forget": dict(batch["forget"]), "retain": dict(batch["retain"])}
+        if case == "retain_without_answers":
+            crafted["retain"]["labels"] = torch.full_like(batch["retain"]["labels"], -100)
+        elif method == "ASU_IDK":
+            original = dict(batch["forget"]["original"])
+            original["labels"] = torch.full_like(original["labels"], -100)
+            crafted["forget"] = {**batch["forget"], "original": original}
+        else:
+            crafted["forget"]["labels"] = torch.full_like(batch["forget"]["labels"], -100)
+        trainer.model.zero_grad(set_to_none=True)
+        trainer._asu_sums, trainer._asu_count = {}, 0
+        loss = trainer.compute_loss(trainer.model, crafted)
+        loss.backward()
+        grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+        results[case] = {
+            "loss": loss.item(),
+            "finite": bool(torch.isfinite(loss).item()),
+            "grad_finite": bool(grads) and all(torch.isfinite(g).all().item() for g in grads),
+            **{key: float(value) for key, value in trainer._asu_sums.items()},
+        }
+    return results
+
+
+def probe_deepspeed(model_dir: str) -> dict:
+    """Build an ASU_KL trainer, then rebuild its frozen model with DeepSpeed "on": a stand-in
+    is_deepspeed_enabled and a recording _prepare_deepspeed (DeepSpeed itself needs a GPU)."""
+    _, trainer = build(["experiment=unlearn/tofu/asu_cpu", "trainer=ASU_KL", "task_name=probe",
+                        "paths.output_dir=/tmp/asu_probe_deepspeed", "trainer.args.report_to=none",
+                        f"model.model_args.pretrained_model_name_or_path={model_dir}",
+                        f"model.tokenizer_args.pretrained_model_name_or_path={model_dir}"])
+    calls = []
+
+    def prepare_deepspeed(model):
+        calls.append(model)
+        return model
+
+    trainer._prepare_deepspeed = prepare_deepspeed
+    trainer.is_deepspeed_enabled = True
+    frozen = trainer._build_frozen_model(trainer.model)
+    student = trainer.model.state_dict()
+    return {
+        "prepare_deepspeed_calls": len(calls),
+        "prepared_is_student": bool(calls) and calls[0] is trainer.model,
+        "prepared_equals_student_weights": bool(calls) and all(
+            torch.equal(v, student[k]) for k, v in calls[0].state_dict().items()),
+        "ref_model_is_prepared": bool(calls) and frozen is calls[0],
+    }
+
+
 def probe_registry() -> dict:
+    import model as ou_model
     import trainer as ou_trainer
 
     import asu_plugin
@@ -229,7 +344,8 @@ def probe_registry() -> dict:
         "size_second": len(second),
         "size_after_reload": len(after),
         "same_class": first["ASU_KL"] is second["ASU_KL"],
-        "classes": {k: f"{after[k].__module__}.{after[k].__qualname__}" for k in ("ASU_GD", "ASU_KL")},
+        "classes": {k: f"{after[k].__module__}.{after[k].__qualname__}" for k in ("ASU_GD", "ASU_IDK", "ASU_KL")},
+        "model_handler": _qualified(ou_model.MODEL_REGISTRY.get("ASUSmoothedTeacher")),
         "search_path": [(e.provider, e.path) for e in path.get_path()],
     }
 
@@ -242,6 +358,12 @@ def main(argv):
         result = probe_after(argv[1], argv[2])
     elif command == "compose":
         result = probe_compose(json.loads(argv[1]))
+    elif command == "edge":
+        result = probe_edge(argv[1], argv[2])
+    elif command == "deepspeed":
+        result = probe_deepspeed(argv[1])
+    elif command == "teacher":
+        result = probe_teacher(argv[1])
     elif command == "registry":
         result = probe_registry()
     else:

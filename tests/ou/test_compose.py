@@ -16,6 +16,7 @@ UNLEARN = ("train.py", "--config-name=unlearn.yaml", "task_name=compose")
 REQUESTS = {
     "tofu_kl": ("unlearn.yaml", ["experiment=unlearn/tofu/asu", "trainer=ASU_KL", "task_name=c"]),
     "tofu_gd": ("unlearn.yaml", ["experiment=unlearn/tofu/asu", "trainer=ASU_GD", "task_name=c"]),
+    "tofu_idk": ("unlearn.yaml", ["experiment=unlearn/tofu/asu_idk", "task_name=c"]),
     "muse_news": ("unlearn.yaml", ["experiment=unlearn/muse/asu", "data_split=News", "task_name=c"]),
     "muse_books": ("unlearn.yaml", ["experiment=unlearn/muse/asu", "data_split=Books", "task_name=c"]),
     "muse_books_cli_tau": ("unlearn.yaml", ["experiment=unlearn/muse/asu", "data_split=Books", "trainer.method_args.tau=3.0", "task_name=c"]),
@@ -62,13 +63,30 @@ def test_tofu_paper_settings(configs, name, trainer, retain):
     cfg = configs[name]
     assert cfg["trainer"]["handler"] == trainer
     method = cfg["trainer"]["method_args"]
-    assert method == {"tau": 2.3, "layers": None, "heads": None, "gamma": 0.1, "alpha": 1.0, "retain_loss_type": retain}
+    assert method == {"tau": 2.3, "layers": None, "heads": None, "gamma": 0.1, "alpha": 1.0, "retain_loss_type": retain,
+                      "teacher_path": None}
+    assert args_of(cfg)["save_only_model"] is False  # checkpoints, when asked for, can be resumed
     args = cfg["trainer"]["args"]
     assert args["learning_rate"] == 1e-5 and args["num_train_epochs"] == 5
     assert args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] == 32
     assert args["optim"] == "paged_adamw_32bit" and args["weight_decay"] == 0.01 and args["warmup_epochs"] == 1.0
     assert cfg["model"]["model_args"]["pretrained_model_name_or_path"] == "open-unlearning/tofu_Llama-2-7b-chat-hf_full"
     assert cfg["data"]["forget"]["TOFU_QA_forget"]["args"]["hf_args"]["name"] == "forget10"
+
+
+def args_of(cfg):
+    return cfg["trainer"]["args"]
+
+
+def test_tofu_idk(configs):
+    cfg = configs["tofu_idk"]
+    assert cfg["trainer"]["handler"] == "ASU_IDK"
+    assert cfg["trainer"]["method_args"]["retain_loss_type"] == "KL" and cfg["trainer"]["method_args"]["tau"] == 2.3
+    forget = cfg["data"]["forget"]
+    assert list(forget) == ["TOFU_QA_forget_idk"]
+    assert forget["TOFU_QA_forget_idk"]["handler"] == "QAwithIdkDataset"
+    assert forget["TOFU_QA_forget_idk"]["args"]["idk_path"] == "./data/idk.jsonl"
+    assert args_of(cfg)["learning_rate"] == 1e-5 and args_of(cfg)["num_train_epochs"] == 5
 
 
 @pytest.mark.parametrize("name, split, tau, gamma", [("muse_news", "News", 2.0, 0.35), ("muse_books", "Books", 2.35, 0.001), ("muse_books_cli_tau", "Books", 3.0, 0.001)])

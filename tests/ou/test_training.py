@@ -74,6 +74,18 @@ def test_loss_matches_independent_recomputation(probe, model_dir, tmp_path, meth
         assert logged and logged[0]["forget_kl"] > 0 and "retain_loss" in logged[0]
 
 
+def test_idk_loss_matches_independent_recomputation(probe, model_dir, tmp_path):
+    """ASU_IDK: gamma * (KL without each answer's first token + IDK NLL) + alpha * retain KL."""
+    result = probe("loss", "ASU_IDK", str(model_dir), str(tmp_path / "probe"))
+    print(json.dumps({k: v for k, v in result.items() if k != "log_history"}))
+    assert result["loss"] == pytest.approx(result["expected"], abs=1e-5)
+    assert result["forget_kl"] > 0 and result["idk_nll"] > 0
+    assert result["forget_kl_tau1"] == 0.0
+    assert result["model_copies"] == 2 and result["reference_unchanged"] and result["student_changed"]
+    logged = [entry for entry in result["log_history"] if "loss" in entry]
+    assert logged and {"forget_kl", "idk_nll", "retain_loss"} <= set(logged[0])
+
+
 # ---- ASU_GD with gradient checkpointing ---------------------------------------------------
 
 

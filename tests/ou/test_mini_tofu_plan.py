@@ -1,0 +1,86 @@
+"""Every OU command of the mini-TOFU benchmark composes in the real OU with the intended values.
+
+The runner (bench/mini_tofu.py) takes hours; what can break silently is a command line: an
+override OU ignores or a split that does not mean what the issue asks. So every command of
+the build and grid phases (and one of the seed phase) is composed with Hydra's compose API in
+one subprocess, and the values that define the study are checked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "mini_tofu.py"
+
+
+@pytest.fixture(scope="module")
+def mini_tofu():
+    spec = importlib.util.spec_from_file_location("mini_tofu", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def composed(mini_tofu, probe, tmp_path_factory):
+    plan = mini_tofu.Plan(tmp_path_factory.mktemp("work"), Path("/base/model"))
+    jobs = plan.build_jobs() + plan.grid_jobs() + plan.seed_jobs({"ASU_KL": 1e-4})
+    requests = [(job.config_name or f"{job.script}.yaml", job.overrides) for job in jobs]
+    return plan, dict(zip((job.name for job in jobs), zip(jobs, probe("compose", json.dumps(requests)))))
+
+
+def test_every_command_composes(composed):
+    _, results = composed
+    errors = {name: cfg["error"] for name, (_, cfg) in results.items() if "error" in cfg}
+    assert not errors
+    assert len(results) == 4 + 6 * 2 * 2 + 2 * 2
+
+
+def test_finetune_subsets(composed):
+    plan, results = composed
+    for name, rows in (("finetune_target", "train[:400]+train[3960:4000]"), ("finetune_retain", "train[:400]")):
+        cfg = results[name][1]
+        assert cfg["data"]["train"]["TOFU_QA_full"]["args"]["hf_args"] == {
+            "name": "full", "split": rows, "path": "locuslab/TOFU"}
+        assert cfg["model"]["model_args"]["pretrained_model_name_or_path"] == "/base/model"
+        assert cfg["trainer"]["handler"] == "FinetuneTrainer"
+        assert cfg["trainer"]["args"]["learning_rate"] == 2e-4 and cfg["trainer"]["args"]["num_train_epochs"] == 5
+        assert cfg["trainer"]["args"]["optim"] == "adamw_torch" and cfg["trainer"]["args"]["warmup_epochs"] == 0
+
+
+@pytest.mark.parametrize("method, handler, forget_set", [
+    ("GradDiff", "GradDiff", "TOFU_QA_forget"), ("NPO", "NPO", "TOFU_QA_forget"),
+    ("SimNPO", "SimNPO", "TOFU_QA_forget"), ("IDK", "DPO", "TOFU_QA_forget_idk"),
+    ("ASU_GD", "ASU_GD", "TOFU_QA_forget"), ("ASU_KL", "ASU_KL", "TOFU_QA_forget")])
+def test_unlearning_runs(composed, method, handler, forget_set):
+    plan, results = composed
+    for lr in (2e-5, 1e-4):
+        cfg = results[f"unlearn_{method}_lr{lr:g}_s0"][1]
+        assert cfg["trainer"]["handler"] == handler
+        assert cfg["trainer"]["args"]["learning_rate"] == lr and cfg["trainer"]["args"]["seed"] == 0
+        assert cfg["trainer"]["args"]["num_train_epochs"] == 5
+        assert cfg["trainer"]["args"]["per_device_train_batch_size"] * cfg["trainer"]["args"]["gradient_accumulation_steps"] == 8
+        assert cfg["model"]["model_args"]["pretrained_model_name_or_path"] == str(plan.target)
+        assert list(cfg["data"]["forget"]) == [forget_set]
+        assert cfg["data"]["forget"][forget_set]["args"]["hf_args"]["name"] == "forget01"
+        assert cfg["data"]["retain"]["TOFU_QA_retain"]["args"]["hf_args"] == {
+            "name": "full", "split": "train[:400]", "path": "locuslab/TOFU"}
+
+
+def test_evaluations(composed):
+    plan, results = composed
+    cfg = results["eval_ASU_KL_lr0.0001_s0"][1]
+    metrics = cfg["eval"]["tofu"]["metrics"]
+    assert metrics["forget_Q_A_ROUGE"]["datasets"]["TOFU_QA_forget"]["args"]["hf_args"] == {
+        "name": "forget01", "split": "train", "path": "locuslab/TOFU"}
+    assert metrics["forget_Q_A_ROUGE"]["generation_args"]["max_new_tokens"] == 64
+    utility = metrics["model_utility"]["pre_compute"]
+    assert utility["retain_Q_A_ROUGE"]["datasets"]["TOFU_QA_retain_eval"]["args"]["hf_args"]["split"] == "train[:80]"
+    assert cfg["eval"]["tofu"]["retain_logs_path"] == str(plan.retain_log)
+    assert cfg["model"]["model_args"]["pretrained_model_name_or_path"].endswith("runs/ASU_KL_lr0.0001_s0")
+    assert results["eval_retain"][1]["eval"]["tofu"]["retain_logs_path"] is None
+    assert results["unlearn_ASU_KL_lr0.0001_s2"][1]["trainer"]["args"]["seed"] == 2
