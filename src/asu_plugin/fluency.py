@@ -13,9 +13,11 @@ The measure combines two signals, each blind to one failure mode the other catch
   a *scoring model that never saw the facts* (in the mini-TOFU benchmark: the retain model,
   fine-tuned on the same data minus the forget authors). Invented and true facts about an
   unknown author cost it about the same; word salad and random strings cost far more.
-* ``repetition``: the fraction of the answer's word 3-grams that repeat an earlier one.
-  Degenerate loops ("the author the author the author ...") become cheap for any language
-  model after a few repeats, so NLL alone would call them fluent.
+* ``repetition``: the larger of two rates over the answer's words — the share of word 3-grams
+  that repeat an earlier one (loops: "the author the author the author ...") and the share
+  of words equal to the word before them (stutter: "Al-Al-Al Kuwaiti Kuwaiti 1956 1956").
+  Both become cheap for any language model after a few repeats, so NLL alone would call them
+  fluent, while fluent prose has almost neither.
 
 An answer is **fluent** when it has at least :data:`MIN_WORDS` words, ``nll <=`` the NLL
 threshold and ``repetition <=`` the repetition threshold. The default thresholds are
@@ -32,7 +34,7 @@ from typing import Optional, Sequence
 from .probe import ProbeError, _pad_id, answer_nll, build_example
 
 NLL_MAX = 5.0  # nats per answer token
-REPETITION_MAX = 0.25  # repeated share of word 3-grams
+REPETITION_MAX = 0.25  # see repetition_rate
 MIN_WORDS = 2
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
@@ -46,12 +48,13 @@ class Fluency:
 
 
 def repetition_rate(text: str, n: int = 3) -> float:
-    """Share of word n-grams that already occurred earlier in the text (0 for < n words)."""
+    """max(share of word n-grams seen earlier in the text, share of words repeating the word
+    before them); 0 for texts too short to have either."""
     words = [w.lower() for w in _WORD.findall(text)]
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    if not grams:
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
+    loops = 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+    stutter = sum(a == b for a, b in zip(words, words[1:])) / (len(words) - 1) if len(words) > 1 else 0.0
+    return max(loops, stutter)
 
 
 def score_answers(

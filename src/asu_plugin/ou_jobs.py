@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import shlex
 import shutil
 import subprocess
@@ -65,6 +66,13 @@ class OUJob:
         return (self.out_dir / DONE).is_file()
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of finished child processes: a job's cost independent of
+    how busy the machine was (wall time is not, on a shared machine)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_job(job: OUJob, ou_dir: Path, log_dir: Path, env: Optional[dict] = None) -> dict:
     """Run ``job`` unless it finished before; return its done record. Raises JobFailed."""
     marker = job.out_dir / DONE
@@ -76,7 +84,7 @@ def run_job(job: OUJob, ou_dir: Path, log_dir: Path, env: Optional[dict] = None)
     job.out_dir.mkdir(parents=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{job.name}.log"
-    start = time.time()
+    start, cpu_before = time.time(), _children_cpu_s()
     with open(log, "w") as handle:
         handle.write(f"# {job.command()}\n# cwd: {ou_dir}\n")
         handle.flush()
@@ -86,6 +94,7 @@ def run_job(job: OUJob, ou_dir: Path, log_dir: Path, env: Optional[dict] = None)
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise JobFailed(f"{job.name} failed (exit {code}); full log: {log}\ncommand: {job.command()}\n{tail}")
     record = {"name": job.name, "command": job.command(), "meta": job.meta, "wall_s": time.time() - start,
+              "cpu_s": _children_cpu_s() - cpu_before,
               "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "log": str(log)}
     write_json_atomic(marker, record)
     return record
