@@ -81,7 +81,7 @@ CPU_ARGS = [  # what OU needs off a GPU (see configs/experiment/unlearn/tofu/asu
     "trainer.args.optim=adamw_torch", "trainer.args.bf16=false", "trainer.args.bf16_full_eval=false",
     "trainer.args.do_eval=false", "trainer.args.eval_strategy=no", "trainer.args.eval_on_start=false",
     "trainer.args.save_strategy=no", "trainer.args.report_to=none", "trainer.args.logging_steps=1",
-    "trainer.args.warmup_epochs=0", "+trainer.args.use_cpu=true", "trainer.args.dataloader_num_workers=0",
+    "trainer.args.warmup_epochs=0", "++trainer.args.use_cpu=true", "++trainer.args.dataloader_num_workers=0",
 ]
 
 
@@ -107,7 +107,7 @@ class Plan:
             f"trainer.args.learning_rate={f['lr']}", f"trainer.args.num_train_epochs={f['epochs']}",
             f"trainer.args.per_device_train_batch_size={f['batch']}",
             f"trainer.args.gradient_accumulation_steps={f['grad_accum']}",
-            f"trainer.args.weight_decay={f['weight_decay']}", f"+trainer.args.warmup_steps={warmup}",
+            f"trainer.args.weight_decay={f['weight_decay']}", f"++trainer.args.warmup_steps={warmup}",
             *CPU_ARGS, f"task_name=mini_tofu_{name}",
         ], self.work / "models" / name, meta={"kind": "finetune", "model": name, "rows": rows})
 
@@ -126,14 +126,13 @@ class Plan:
         name = run_name(method, lr, seed)
         return OUJob(f"unlearn_{name}", "train", [
             f"experiment={spec.get('experiment', 'unlearn/tofu/default')}", f"trainer={spec['trainer']}",
-            *self._model(self.target),
-            f"forget_split={s['forget_split']}", f"holdout_split={s['holdout_split']}",
+            *self._model(self.target), f"forget_split={s['forget_split']}",
             "data.retain.TOFU_QA_retain.args.hf_args.name=full",
             f"data.retain.TOFU_QA_retain.args.hf_args.split='{s['retain_rows']}'",
             f"trainer.args.learning_rate={lr}", f"trainer.args.num_train_epochs={u['epochs']}",
             f"trainer.args.per_device_train_batch_size={u['batch']}",
             f"trainer.args.gradient_accumulation_steps={u['grad_accum']}",
-            f"trainer.args.weight_decay={u['weight_decay']}", f"+trainer.args.warmup_steps={u['warmup_steps']}",
+            f"trainer.args.weight_decay={u['weight_decay']}", f"++trainer.args.warmup_steps={u['warmup_steps']}",
             f"trainer.args.seed={seed}", *CPU_ARGS, f"task_name=mini_tofu_{name}",
         ], self.work / "runs" / name, config_name="unlearn.yaml",
             meta={"kind": "unlearn", "method": method, "lr": lr, "seed": seed})

@@ -76,7 +76,7 @@ def test_evaluations(composed):
     cfg = results["eval_ASU_KL_lr0.0001_s0"][1]
     metrics = cfg["eval"]["tofu"]["metrics"]
     assert metrics["forget_Q_A_ROUGE"]["datasets"]["TOFU_QA_forget"]["args"]["hf_args"] == {
-        "name": "forget01", "split": "train", "path": "locuslab/TOFU"}
+        "name": "forget01_perturbed", "split": "train", "path": "locuslab/TOFU"}  # forget01 + perturbed fields
     assert metrics["forget_Q_A_ROUGE"]["generation_args"]["max_new_tokens"] == 64
     utility = metrics["model_utility"]["pre_compute"]
     assert utility["retain_Q_A_ROUGE"]["datasets"]["TOFU_QA_retain_eval"]["args"]["hf_args"]["split"] == "train[:80]"
