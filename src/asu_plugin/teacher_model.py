@@ -2,12 +2,12 @@
 
 ASU moves the student towards the original model with its attention at temperature tau. To
 see that target in OU's own metrics (forget ROUGE, truth ratio, model utility, ...), load it
-through OU's model registry: ``model.model_handler=ASUSmoothedTeacher`` makes OU's
+through OU's model registry: ``++model.model_handler=ASUSmoothedTeacher`` makes OU's
 ``get_model`` call :meth:`ASUSmoothedTeacher.from_pretrained`, which loads the model as
 OU would and leaves it smoothed for every forward and every ``generate`` step:
 
     python src/eval.py experiment=eval/tofu/asu_cpu task_name=teacher \\
-        model.model_handler=ASUSmoothedTeacher +model.model_args.asu_tau=2.3 \\
+        ++model.model_handler=ASUSmoothedTeacher +model.model_args.asu_tau=2.3 \\
         [+model.model_args.asu_layers="'0-3'"] [+model.model_args.asu_heads=[0,1]]
 
 Registered by :func:`asu_plugin.register` (hence by the Hydra plugin in every OU run).

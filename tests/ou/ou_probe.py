@@ -80,6 +80,11 @@ def build(overrides):
     return cfg, trainer
 
 
+def model_path(model_dir) -> list[str]:
+    return [f"model.model_args.pretrained_model_name_or_path={model_dir}",
+            f"model.tokenizer_args.pretrained_model_name_or_path={model_dir}"]
+
+
 def fresh_model(model_dir):
     from transformers import AutoModelForCausalLM
 
@@ -90,14 +95,14 @@ def probe_loss(method: str, model_dir: str, output_dir: str, train: bool = True)
     import asu_plugin.trainers as asu_trainers
     from asu_plugin import smoothed_attention, token_kl
 
-    experiment = ["experiment=unlearn/tofu/asu_idk", *IDK_ON_CPU] if method == "ASU_IDK" else [
+    experiment = ["experiment=unlearn/tofu/asu_idk", *IDK_ON_CPU, *model_path(model_dir)] if method == "ASU_IDK" else [
         "experiment=unlearn/tofu/asu_cpu", f"trainer={method}"]
     overrides = [
         *experiment,
         "task_name=probe",
         f"paths.output_dir={output_dir}",
         "trainer.args.per_device_train_batch_size=2",
-        "trainer.args.max_steps=1",
+        "++trainer.args.max_steps=1",
         "trainer.args.logging_steps=1",
         "trainer.args.report_to=none",
     ]
@@ -236,12 +241,13 @@ def probe_teacher(model_dir: str) -> dict:
 
     from asu_plugin import smoothed_attention
 
-    cfg = compose(["experiment=eval/tofu/asu_cpu", "task_name=probe", "model.model_handler=ASUSmoothedTeacher",
+    cfg = compose(["experiment=eval/tofu/asu_cpu", "task_name=probe", "++model.model_handler=ASUSmoothedTeacher",
                    "+model.model_args.asu_tau=2.3", "+model.model_args.asu_layers='0-5'"], "eval.yaml")
     teacher, tokenizer = get_model(cfg.model)
     plain = fresh_model(model_dir).eval()
-    ids = tokenizer(["The capital of France is", "Basil Mahfouz Al-Kuwaiti was born in"], return_tensors="pt",
-                    padding=True)
+    encoded = tokenizer(["The capital of France is", "Basil Mahfouz Al-Kuwaiti was born in"], return_tensors="pt",
+                        padding=True)
+    ids = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
     with torch.no_grad():
         got = teacher(**ids).logits
         unsmoothed = plain(**ids).logits

@@ -106,7 +106,7 @@ def test_missing_model_dir_is_named(run_ou, ou_data, tmp_path, reliability):
 
 def test_missing_idk_file_is_named(run_ou, ou_data, model_dir, tmp_path, reliability):
     run = run_ou("train.py", "--config-name=unlearn.yaml", "experiment=unlearn/tofu/asu_idk", *IDK_ON_CPU,
-                 "task_name=test_idk", "data.forget.TOFU_QA_forget_idk.args.idk_path=./data/no_idk.jsonl",
+                 *model_overrides(model_dir), "task_name=test_idk", "data.forget.TOFU_QA_forget_idk.args.idk_path=./data/no_idk.jsonl",
                  run_dir=tmp_path / "idk", check=False)
     assert run.returncode != 0 and "no_idk.jsonl" in run.output
     reliability("IDK data file missing (ASU_IDK, idk_path)", error_line(run.output))

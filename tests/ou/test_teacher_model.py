@@ -27,7 +27,7 @@ def test_ou_eval_scores_the_teacher(run_ou, ou_data, tiny_model_dir, tmp_path):
     out = tmp_path / "teacher_eval"
     run = run_ou(
         "eval.py", "experiment=eval/tofu/asu_cpu", "task_name=test_teacher_eval", *model_overrides(tiny_model_dir),
-        "model.model_handler=ASUSmoothedTeacher", "+model.model_args.asu_tau=2.3",
+        "++model.model_handler=ASUSmoothedTeacher", "+model.model_args.asu_tau=2.3",
         "asu_eval_split='train[:2]'", "asu_eval_max_new_tokens=8", run_dir=out,
     )
     assert "ASUSmoothedTeacher" in run.output and "tau=2.3" in run.output
@@ -38,6 +38,6 @@ def test_ou_eval_scores_the_teacher(run_ou, ou_data, tiny_model_dir, tmp_path):
 
 def test_teacher_without_tau_is_refused(run_ou, ou_data, tmp_path):
     run = run_ou("eval.py", "experiment=eval/tofu/asu_cpu", "task_name=test_teacher_no_tau",
-                 "model.model_handler=ASUSmoothedTeacher", run_dir=tmp_path / "no_tau", check=False)
+                 "++model.model_handler=ASUSmoothedTeacher", run_dir=tmp_path / "no_tau", check=False)
     assert run.returncode != 0
     assert "+model.model_args.asu_tau=2.3" in run.output
