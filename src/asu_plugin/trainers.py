@@ -20,6 +20,8 @@ This module imports OU (``trainer.unlearn.grad_diff``): it is importable only wh
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import inspect
 import logging
 import os
@@ -87,6 +89,76 @@ def _resume_target(value):
             "of this run, or true for the newest one in trainer.args.output_dir"
         )
     return value
+
+
+def _checkpoint_rng_globals():
+    """Let torch >= 2.6 (``torch.load`` defaults to ``weights_only=True``) read the numpy RNG
+    state that transformers < 4.49 saves in ``rng_state.pth`` and reloads without allowlisting
+    it: without this, resuming fails with "Weights only load failed" on OU's transformers."""
+    import numpy as np
+
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # torch < 2.5: nothing to allow
+        return contextlib.nullcontext()
+    core = getattr(np, "_core", None) or np.core
+    return safe_globals([core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))])
+
+
+RNG_STATE_NAME = "asu_rng_state{rank}.pth"
+
+
+def _rng_state() -> dict:
+    import random
+
+    import numpy as np
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class _RngTrackedDataset(torch.utils.data.Dataset):
+    """The train dataset, remembering the RNG state before each batch is drawn.
+
+    Why: OU's ForgetRetainDataset draws each retain row with the global torch RNG inside
+    ``__getitem__``, and accelerate's dataloader fetches one batch ahead, so the RNG state
+    transformers saves in a checkpoint is already past the next batch's draws (and it is
+    restored only after the first resumed batch was fetched). A resumed run would train on
+    other retain rows than the uninterrupted one. With the state from *before* the next
+    batch's draws saved beside transformers' own (``asu_rng_state*.pth``) and restored right
+    before the first resumed fetch, the resumed run draws exactly the same rows.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.pending: collections.deque = collections.deque()  # RNG states of fetched, untrained batches
+        self.restore: dict | None = None  # set when resuming: applied before the first fetch
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return self.dataset[index]
+
+    def __getitems__(self, indices):  # one call per batch (torch's map-style fetcher)
+        if self.restore is not None:
+            _set_rng_state(self.restore)
+            self.restore = None
+        self.pending.append(_rng_state())
+        return [self.dataset[index] for index in indices]
+
+    def __getattr__(self, name):  # forget / retain / anchor: what OU's code reads off the dataset
+        if name in ("dataset", "pending", "restore"):
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 class ASUTrainer(GradDiff):
@@ -227,6 +299,8 @@ class ASUTrainer(GradDiff):
         return self.retain_nll(model, retain_inputs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training and isinstance(self.train_dataset, _RngTrackedDataset) and self.train_dataset.pending:
+            self.train_dataset.pending.popleft()  # this batch is being trained on
         forget, retain = self._batches(inputs)
         forget_loss, forget_outputs, parts = self.compute_forget_loss(model, forget)
         retain_loss = self.compute_retain_loss(model, retain)
@@ -273,6 +347,45 @@ class ASUTrainer(GradDiff):
             "smoothed_layers": _ranges(self._selection.layers),
         }
 
+    # ---- exact resume: the RNG state before the next batch (see _RngTrackedDataset) -------
+
+    @contextlib.contextmanager
+    def _tracked_rng(self, resuming):
+        original = self.train_dataset
+        if original is None:
+            yield
+            return
+        self.train_dataset = _RngTrackedDataset(original)
+        if resuming:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir) if resuming is True else str(resuming)
+            path = os.path.join(checkpoint, RNG_STATE_NAME.format(rank=self._rng_rank()))
+            if os.path.isfile(path):  # our own file: numpy / python objects, hence weights_only=False
+                self.train_dataset.restore = torch.load(path, weights_only=False)
+                self._asu_own_rng = True
+            # no file: the checkpoint ends an epoch (nothing prefetched), where transformers'
+            # own state, restored before the next epoch's first fetch, is exact
+        try:
+            yield
+        finally:
+            self.train_dataset = original
+            self._asu_own_rng = False
+
+    def _rng_rank(self) -> str:
+        return f"_{self.args.process_index}" if self.args.world_size > 1 else ""
+
+    def _load_rng_state(self, checkpoint):
+        if getattr(self, "_asu_own_rng", False):
+            return  # ours is (or was) restored right before the first fetch; transformers' is past it
+        return super()._load_rng_state(checkpoint)
+
+    def _save_rng_state(self, output_dir):
+        super()._save_rng_state(output_dir)
+        dataset = self.train_dataset
+        if isinstance(dataset, _RngTrackedDataset) and dataset.pending:  # a batch was fetched ahead
+            torch.save(dataset.pending[0], os.path.join(output_dir, RNG_STATE_NAME.format(rank=self._rng_rank())))
+
     def _write_record(self, status: str, **extra) -> None:
         if self.is_world_process_zero():
             extra = {**getattr(self, "_record_extra", {}), **extra}
@@ -297,7 +410,9 @@ class ASUTrainer(GradDiff):
         }
         self._write_record("training")
         try:
-            result = super().train(*args, **kwargs)
+            resuming = kwargs.get("resume_from_checkpoint") or (args and args[0])
+            with _checkpoint_rng_globals() if resuming else contextlib.nullcontext(), self._tracked_rng(resuming):
+                result = super().train(*args, **kwargs)
         except BaseException as error:
             if self.is_world_process_zero():
                 run_record.write_failure_marker(output_dir, error, f"training {type(self).__name__}")

@@ -51,7 +51,7 @@ def _max_diff(a, b) -> float:
 def test_resume_equals_uninterrupted(run_ou, ou_data, tiny_model_dir, tmp_path, reliability):
     """An ASU_KL run resumed from its step-2 checkpoint ends where the uninterrupted run ends."""
     args = _train_args(tiny_model_dir, "trainer.args.max_steps=4", "trainer.args.save_strategy=steps",
-                       "trainer.args.save_steps=2", "task_name=resume")
+                       "++trainer.args.save_steps=2", "task_name=resume")
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     run_ou("train.py", *args, run_dir=whole)
     shutil.copytree(whole / "checkpoint-2", resumed / "checkpoint-2")  # a run stopped after its checkpoint
@@ -80,7 +80,7 @@ def test_kill_9_mid_run_leaves_loadable_checkpoints(ou_dir, ou_data, tiny_model_
     """kill -9 during training: finished checkpoints load and evaluate; our record stays whole."""
     run_dir = tmp_path / "killed"
     args = [sys.executable, "src/train.py", *_train_args(tiny_model_dir, "trainer.args.max_steps=400",
-            "trainer.args.save_strategy=steps", "trainer.args.save_steps=1", "task_name=killed"),
+            "trainer.args.save_strategy=steps", "++trainer.args.save_steps=1", "task_name=killed"),
             f"hydra.run.dir={run_dir}", f"paths.output_dir={run_dir}"]
     process = subprocess.Popen(args, cwd=ou_dir, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
@@ -124,25 +124,28 @@ def test_identical_runs_give_identical_losses(run_ou, ou_data, tiny_model_dir, t
 
 
 def test_two_processes_match_one(ou_dir, ou_data, tiny_model_dir, tmp_path, run_ou, reliability):
-    """accelerate launch --num_processes 2 --cpu (gloo) logs the one-process forget term."""
+    """Two processes (torchrun, gloo) log the one-process forget term for the same global batch."""
     common = _train_args(tiny_model_dir, "trainer.args.max_steps=2", "task_name=ddp",
                          "trainer.args.gradient_accumulation_steps=1")
     one = tmp_path / "one"
     run_ou("train.py", *[a for a in common if "per_device_train_batch_size" not in a],
            "trainer.args.per_device_train_batch_size=4", run_dir=one)
     two = tmp_path / "two"
-    args = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(_free_port()),
+    # torchrun, as `accelerate launch --multi_gpu` runs it; the processes find use_cpu=true and
+    # initialise gloo. (`accelerate launch --cpu --num_processes 2` starts one process with
+    # accelerate 0.34: its multi-CPU path needs mpirun.)
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
             "src/train.py", *[a for a in common if "per_device_train_batch_size" not in a],
             "trainer.args.per_device_train_batch_size=2", f"hydra.run.dir={two}", f"paths.output_dir={two}"]
     done = subprocess.run(args, cwd=ou_dir, env=_env(), capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     a, b = _losses(one), _losses(two)
+    epochs = [json.loads((d / "trainer_state.json").read_text())["log_history"][0]["epoch"] for d in (one, two)]
+    assert epochs[0] == epochs[1] == 0.1  # 4 of 40 forget rows per step in both: the 2 processes share the data
     assert [row[0] for row in a] == [row[0] for row in b] == [1, 2]
     assert abs(a[0][2] - b[0][2]) <= 1e-5  # forget_kl of the first step: same 4 forget rows, same model
     assert (two / "model.safetensors").is_file()
-    reliability("two processes: accelerate launch --num_processes 2 --cpu (gloo)",
+    reliability("two processes: torchrun --nproc_per_node 2, gloo (what accelerate launch --multi_gpu runs)",
                 f"completes; step-1 forget_kl {b[0][2]:.6f} vs {a[0][2]:.6f} in one process (|diff| "
                 f"{abs(a[0][2] - b[0][2]):.1e} <= 1e-5)")
 
