@@ -20,7 +20,6 @@ This module imports OU (``trainer.unlearn.grad_diff``): it is importable only wh
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import inspect
 import logging
@@ -30,7 +29,7 @@ import torch
 from transformers import Trainer
 from trainer.unlearn.grad_diff import GradDiff  # OpenUnlearning
 
-from . import run_record
+from . import resume, run_record
 from .loss import answer_nll, drop_first_answer_token, token_kl
 from .smoothing import check_smoothing_args, smoothed_attention
 
@@ -77,88 +76,6 @@ def _load_teacher(path: str, student):
         )
     backend = getattr(student.config, "_attn_implementation", None)
     return AutoModelForCausalLM.from_pretrained(path, torch_dtype=student.dtype, attn_implementation=backend)
-
-
-def _resume_target(value):
-    """trainer.args.resume_from_checkpoint: a checkpoint dir, or true = the newest in output_dir."""
-    if isinstance(value, str) and value.strip().lower() in ("true", "last", "latest"):
-        return True
-    if isinstance(value, str) and not os.path.isdir(value):
-        raise FileNotFoundError(
-            f"resume_from_checkpoint={value!r} is not a directory: pass a checkpoint-<step> dir "
-            "of this run, or true for the newest one in trainer.args.output_dir"
-        )
-    return value
-
-
-def _checkpoint_rng_globals():
-    """Let torch >= 2.6 (``torch.load`` defaults to ``weights_only=True``) read the numpy RNG
-    state that transformers < 4.49 saves in ``rng_state.pth`` and reloads without allowlisting
-    it: without this, resuming fails with "Weights only load failed" on OU's transformers."""
-    import numpy as np
-
-    safe_globals = getattr(torch.serialization, "safe_globals", None)
-    if safe_globals is None:  # torch < 2.5: nothing to allow
-        return contextlib.nullcontext()
-    core = getattr(np, "_core", None) or np.core
-    return safe_globals([core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))])
-
-
-RNG_STATE_NAME = "asu_rng_state{rank}.pth"
-
-
-def _rng_state() -> dict:
-    import random
-
-    import numpy as np
-
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def _set_rng_state(state: dict) -> None:
-    import random
-
-    import numpy as np
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
-class _RngTrackedDataset(torch.utils.data.Dataset):
-    """The train dataset, remembering the RNG state before each batch is drawn.
-
-    Why: OU's ForgetRetainDataset draws each retain row with the global torch RNG inside
-    ``__getitem__``, and accelerate's dataloader fetches one batch ahead, so the RNG state
-    transformers saves in a checkpoint is already past the next batch's draws (and it is
-    restored only after the first resumed batch was fetched). A resumed run would train on
-    other retain rows than the uninterrupted one. With the state from *before* the next
-    batch's draws saved beside transformers' own (``asu_rng_state*.pth``) and restored right
-    before the first resumed fetch, the resumed run draws exactly the same rows.
-    """
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self.pending: collections.deque = collections.deque()  # RNG states of fetched, untrained batches
-        self.restore: dict | None = None  # set when resuming: applied before the first fetch
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        return self.dataset[index]
-
-    def __getitems__(self, indices):  # one call per batch (torch's map-style fetcher)
-        if self.restore is not None:
-            _set_rng_state(self.restore)
-            self.restore = None
-        self.pending.append(_rng_state())
-        return [self.dataset[index] for index in indices]
-
-    def __getattr__(self, name):  # forget / retain / anchor: what OU's code reads off the dataset
-        if name in ("dataset", "pending", "restore"):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
 
 class ASUTrainer(GradDiff):
@@ -299,7 +216,7 @@ class ASUTrainer(GradDiff):
         return self.retain_nll(model, retain_inputs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if model.training and isinstance(self.train_dataset, _RngTrackedDataset) and self.train_dataset.pending:
+        if model.training and isinstance(self.train_dataset, resume.RngTrackedDataset) and self.train_dataset.pending:
             self.train_dataset.pending.popleft()  # this batch is being trained on
         forget, retain = self._batches(inputs)
         forget_loss, forget_outputs, parts = self.compute_forget_loss(model, forget)
@@ -347,7 +264,7 @@ class ASUTrainer(GradDiff):
             "smoothed_layers": _ranges(self._selection.layers),
         }
 
-    # ---- exact resume: the RNG state before the next batch (see _RngTrackedDataset) -------
+    # ---- exact resume: the RNG state before the next batch (see resume.RngTrackedDataset) -------
 
     @contextlib.contextmanager
     def _tracked_rng(self, resuming):
@@ -355,12 +272,12 @@ class ASUTrainer(GradDiff):
         if original is None:
             yield
             return
-        self.train_dataset = _RngTrackedDataset(original)
+        self.train_dataset = resume.RngTrackedDataset(original)
         if resuming:
             from transformers.trainer_utils import get_last_checkpoint
 
             checkpoint = get_last_checkpoint(self.args.output_dir) if resuming is True else str(resuming)
-            path = os.path.join(checkpoint, RNG_STATE_NAME.format(rank=self._rng_rank()))
+            path = self._rng_file(checkpoint)
             if os.path.isfile(path):  # our own file: numpy / python objects, hence weights_only=False
                 self.train_dataset.restore = torch.load(path, weights_only=False)
                 self._asu_own_rng = True
@@ -372,8 +289,9 @@ class ASUTrainer(GradDiff):
             self.train_dataset = original
             self._asu_own_rng = False
 
-    def _rng_rank(self) -> str:
-        return f"_{self.args.process_index}" if self.args.world_size > 1 else ""
+    def _rng_file(self, checkpoint_dir: str) -> str:
+        rank = f"_{self.args.process_index}" if self.args.world_size > 1 else ""
+        return os.path.join(checkpoint_dir, resume.RNG_STATE_NAME.format(rank=rank))
 
     def _load_rng_state(self, checkpoint):
         if getattr(self, "_asu_own_rng", False):
@@ -383,8 +301,8 @@ class ASUTrainer(GradDiff):
     def _save_rng_state(self, output_dir):
         super()._save_rng_state(output_dir)
         dataset = self.train_dataset
-        if isinstance(dataset, _RngTrackedDataset) and dataset.pending:  # a batch was fetched ahead
-            torch.save(dataset.pending[0], os.path.join(output_dir, RNG_STATE_NAME.format(rank=self._rng_rank())))
+        if isinstance(dataset, resume.RngTrackedDataset) and dataset.pending:  # a batch was fetched ahead
+            torch.save(dataset.pending[0], self._rng_file(output_dir))
 
     def _write_record(self, status: str, **extra) -> None:
         if self.is_world_process_zero():
@@ -399,7 +317,7 @@ class ASUTrainer(GradDiff):
         output_dir = self.args.output_dir
         if not args and kwargs.get("resume_from_checkpoint") is None and self.args.resume_from_checkpoint:
             # OU's train.py calls train() without it: honour trainer.args.resume_from_checkpoint
-            kwargs["resume_from_checkpoint"] = _resume_target(self.args.resume_from_checkpoint)
+            kwargs["resume_from_checkpoint"] = resume.resume_target(self.args.resume_from_checkpoint)
             logger.info("%s: resuming from %s", type(self).__name__, kwargs["resume_from_checkpoint"])
         if self.is_world_process_zero():
             os.makedirs(output_dir, exist_ok=True)
@@ -411,7 +329,7 @@ class ASUTrainer(GradDiff):
         self._write_record("training")
         try:
             resuming = kwargs.get("resume_from_checkpoint") or (args and args[0])
-            with _checkpoint_rng_globals() if resuming else contextlib.nullcontext(), self._tracked_rng(resuming):
+            with resume.checkpoint_rng_globals() if resuming else contextlib.nullcontext(), self._tracked_rng(resuming):
                 result = super().train(*args, **kwargs)
         except BaseException as error:
             if self.is_world_process_zero():
