@@ -5,6 +5,7 @@
 #                  the embedded SmolLM2 model, and one small venv per extra transformers version.
 #   make test      the whole test suite on OU's transformers, then the core suite on every other version.
 #   make demo      ASU_KL on SmolLM2 / TOFU forget01 through OU's src/train.py, then OU's TOFU evaluator.
+#   make bench-perf / bench-tofu / bench-continual / reliability   benchmarks and docs/reliability.md
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -92,7 +93,7 @@ CONTINUAL_MODEL ?= $(firstword $(wildcard $(HOME)/.cache/asu-plugin/mini_tofu/mo
 bench-continual:
 	$(PY) -m asu_plugin.continual --steps 3 --teacher original --ou-dir "$(OU_DIR)" \
 	  --model $(if $(CONTINUAL_MODEL),$(dir $(CONTINUAL_MODEL)),$(HOME)/.cache/asu-plugin/models/SmolLM2-135M-Instruct) \
-	  --work $(HOME)/.cache/asu-plugin/continual --utility-split 'train[:40]'
+	  --work $(HOME)/.cache/asu-plugin/continual --utility-split 'train[:8]' --max-new-tokens 32
 	mkdir -p bench/results/continual && cp $(HOME)/.cache/asu-plugin/continual/continual.{json,png} bench/results/continual/
 
 reliability:

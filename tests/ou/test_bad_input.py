@@ -15,17 +15,21 @@ from .conftest import CPU_TRAIN, IDK_ON_CPU, OFFLINE, model_overrides
 pytestmark = pytest.mark.slow
 
 
-def error_line(output: str) -> str:
-    """The last line of a failed run that names an error (what the user reads first)."""
-    lines = [line.strip() for line in output.splitlines() if "Error" in line or "error:" in line]
-    return lines[-1][:400] if lines else output.strip().splitlines()[-1][:400]
+def error_line(output: str, prefer: str | None = None) -> str:
+    """The line of a failed run a user reads for the problem: the one containing ``prefer``
+    (our hint), else the last line naming an error."""
+    lines = [line.strip() for line in output.splitlines()]
+    chosen = [line for line in lines if prefer and prefer in line]
+    chosen = chosen or [line for line in lines if "Error" in line or "error:" in line] or lines
+    return chosen[-1][:400]
 
 
 def test_literal_train_with_asu_trainer_names_unlearn_command(run_ou, reliability):
     run = run_ou("train.py", "trainer=ASU_KL", check=False)
     assert run.returncode != 0
     assert "--config-name=unlearn.yaml experiment=unlearn/tofu/asu trainer=ASU_KL" in run.output
-    reliability("`python src/train.py trainer=ASU_KL` (OU's finetune config)", error_line(run.output))
+    reliability("`python src/train.py trainer=ASU_KL` (OU's finetune config)",
+                error_line(run.output, prefer="--config-name=unlearn.yaml"))
 
 
 def test_finetune_config_refused_by_trainer(run_ou, ou_data, model_dir, tmp_path, reliability):
@@ -72,7 +76,7 @@ def test_register_without_openunlearning_says_how(tmp_path, reliability):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode != 0
     assert "OpenUnlearningNotFound" in done.stderr and "OU_DIR" in done.stderr
-    reliability("OpenUnlearning missing (OU_DIR points nowhere)", error_line(done.stderr))
+    reliability("OpenUnlearning missing (OU_DIR points nowhere)", error_line(done.stderr, prefer="OpenUnlearningNotFound"))
 
 
 def test_registration_idempotent(probe):
