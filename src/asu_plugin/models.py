@@ -407,9 +407,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         path = prepare_smollm2(out=args.out, force=args.force)
     except ModelPrepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        logger.error("error: %s", exc)
         return 2
-    print(path)
+    sys.stdout.write(f"{path}\n")  # the CLI's result: the model directory
     return 0
 
 

@@ -98,10 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = link_offline_data(options.ou_dir, mirror)
     except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
+        logger.error("error: %s", error)
         return 2
-    for link, state in result.items():
-        print(f"{state:7s} {link}")
+    sys.stdout.write("".join(f"{state:7s} {link}\n" for link, state in result.items()))
     return 0
 
 

@@ -956,12 +956,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             path = write_json_atomic(
                 Path(args.out) / GENERATE_JSON_NAME, {"schema": SCHEMA, "generations": results}
             )
+            lines = []
             for item in results:
-                print(f"Q: {_one_line(item['prompt'])}")
-                print(f"  {'plain':<24}: {_one_line(item['plain'])}")
-                for key, text in item["smoothed"].items():
-                    print(f"  {key:<24}: {_one_line(text)}")
-            print(f"wrote {path}")
+                lines.append(f"Q: {_one_line(item['prompt'])}")
+                lines.append(f"  {'plain':<24}: {_one_line(item['plain'])}")
+                lines += [f"  {key:<24}: {_one_line(text)}" for key, text in item["smoothed"].items()]
+            sys.stdout.write("\n".join([*lines, f"wrote {path}"]) + "\n")
             return 0
         logger.info(
             "probing %s on %d questions of %s: taus %s, layer sets %s",
