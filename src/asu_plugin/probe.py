@@ -987,10 +987,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report["model"], report["data"] = str(args.model), str(data)
         json_path, png_path = write_outputs(report, args.out)
     except (ProbeError, SmoothingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"error: {exc}\n")  # the CLI's answer, whatever logging is configured
         return 2
     _print_report(report)
-    print(f"wrote {json_path} and {png_path} ({report['timing']['seconds']:.1f} s)")
+    sys.stdout.write(f"wrote {json_path} and {png_path} ({report['timing']['seconds']:.1f} s)\n")
     return 0
 
 
@@ -1006,19 +1006,20 @@ def _fmt(value: Optional[float], spec: str = "+.3f") -> str:
 
 def _print_report(report: dict) -> None:
     p = report["plain"]
-    print(
+    lines = [
         f"plain: NLL factual {_fmt(p['mean_nll'][FACTUAL], '.3f')} ({p['n_tokens'][FACTUAL]} tok), "
         f"function {_fmt(p['mean_nll'][FUNCTION], '.3f')} ({p['n_tokens'][FUNCTION]} tok), "
         f"echo {_fmt(p['mean_nll'][ECHO], '.3f')} ({p['n_tokens'][ECHO]} tok)"
-    )
+    ]
     for g in report["grid"]:
         survival = "" if g["survival_rate"] is None else f" survives {g['survival_rate']:.0%}"
-        print(
+        lines.append(
             f"{setting_key(g['tau'], g['layers']):<24} NLL factual {_fmt(g['mean_nll'][FACTUAL], '.3f')} "
             f"({_fmt(g['delta_nll'][FACTUAL])}) function {_fmt(g['mean_nll'][FUNCTION], '.3f')} "
             f"({_fmt(g['delta_nll'][FUNCTION])}) increase ratio {_fmt(g['increase_ratio'], '.2f')}{survival}"
         )
-    print(report["recommendation_line"])
+    lines.append(report["recommendation_line"])
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
