@@ -20,6 +20,12 @@ Phases (every model and evaluation is one OU command, see asu_plugin.ou_jobs):
 4. **report**: fluency of the generated forget answers (asu_plugin.fluency, scored by the
    retain model), then bench/results/mini_tofu.{json,md} and mini_tofu_scatter.png.
 
+Phases 1 and 2 form one dependency graph (asu_plugin.ou_jobs): the grid's unlearning runs need
+only the target, so they run beside the retain model's finetune; every evaluation waits for the
+retain model's log. ``--workers`` OU runs go side by side (default 2 on 2 cores: two
+single-threaded runs do ~1.3x the work of one two-threaded run). The memorisation check gates
+the seeds phase.
+
 Selection rule (fixed before any result): per method, among its grid settings with
 model_utility >= 0.9 x the target's, the largest forget_quality; if none qualifies, the largest
 model_utility. The same rule for every method. Seeds 0-2 of that setting are reported.
@@ -28,6 +34,7 @@ model_utility. The same rule for every method. Seeds 0-2 of that setting are rep
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -48,6 +55,7 @@ logger = logging.getLogger("mini_tofu")
 DEFAULT_WORK = "~/.cache/asu-plugin/mini_tofu"
 DEFAULT_OU_DIR = "~/.cache/asu-plugin/open-unlearning"
 DEFAULT_BASE = "~/.cache/asu-plugin/models/SmolLM2-135M-Instruct"
+ELAPSED = "elapsed_s.json"
 
 SETTINGS = {
     "subset": {
@@ -111,7 +119,7 @@ class Plan:
             *CPU_ARGS, f"task_name=mini_tofu_{name}",
         ], self.work / "models" / name, meta={"kind": "finetune", "model": name, "rows": rows})
 
-    def evaluate(self, name: str, model: Path, with_retain_log: bool = True, **meta) -> OUJob:
+    def evaluate(self, name: str, model: Path, with_retain_log: bool = True, after: tuple = (), **meta) -> OUJob:
         e, s = SETTINGS["eval"], SETTINGS["subset"]
         return OUJob(f"eval_{name}", "eval", [
             "experiment=eval/tofu/asu_cpu", *self._model(model),
@@ -119,7 +127,7 @@ class Plan:
             f"asu_eval_split='{e['forget']}'", f"asu_eval_utility_split='{e['utility']}'",
             f"asu_eval_max_new_tokens={e['max_new_tokens']}", f"eval.tofu.batch_size={e['batch']}",
             f"retain_logs_path={self.retain_log if with_retain_log else 'null'}", f"task_name=mini_tofu_{name}",
-        ], self.work / "evals" / name, meta={"kind": "eval", "model": name, **meta})
+        ], self.work / "evals" / name, meta={"kind": "eval", "model": name, **meta}, after=after)
 
     def unlearn(self, method: str, lr: float, seed: int) -> OUJob:
         u, s, spec = SETTINGS["unlearn"], SETTINGS["subset"], METHODS[method]
@@ -135,17 +143,27 @@ class Plan:
             f"trainer.args.weight_decay={u['weight_decay']}", f"++trainer.args.warmup_steps={u['warmup_steps']}",
             f"trainer.args.seed={seed}", *CPU_ARGS, f"task_name=mini_tofu_{name}",
         ], self.work / "runs" / name, config_name="unlearn.yaml",
-            meta={"kind": "unlearn", "method": method, "lr": lr, "seed": seed})
+            meta={"kind": "unlearn", "method": method, "lr": lr, "seed": seed}, after=(self.build["finetune_target"],))
+
+    @functools.cached_property
+    def build(self) -> dict[str, OUJob]:
+        """The one-time models and their evaluations (one instance each: later jobs wait on them)."""
+        s = SETTINGS["subset"]
+        jobs = {"finetune_target": self.finetune("target", s["target_rows"], 440),
+                "finetune_retain": self.finetune("retain", s["retain_rows"], 400)}
+        jobs["eval_retain"] = self.evaluate("retain", self.retain, with_retain_log=False,
+                                            after=(jobs["finetune_retain"],))
+        jobs["eval_target"] = self.evaluate("target", self.target, after=(jobs["finetune_target"], jobs["eval_retain"]))
+        return jobs
 
     def build_jobs(self) -> list[OUJob]:
-        s = SETTINGS["subset"]
-        return [self.finetune("target", s["target_rows"], 440), self.finetune("retain", s["retain_rows"], 400),
-                self.evaluate("retain", self.retain, with_retain_log=False), self.evaluate("target", self.target)]
+        return list(self.build.values())
 
     def method_jobs(self, method: str, lr: float, seed: int) -> list[OUJob]:
         name = run_name(method, lr, seed)
-        return [self.unlearn(method, lr, seed),
-                self.evaluate(name, self.work / "runs" / name, method=method, lr=lr, seed=seed)]
+        unlearn = self.unlearn(method, lr, seed)
+        return [unlearn, self.evaluate(name, self.work / "runs" / name, method=method, lr=lr, seed=seed,
+                                       after=(unlearn, self.build["eval_retain"]))]
 
     def grid_jobs(self) -> list[OUJob]:
         u = SETTINGS["unlearn"]
@@ -271,7 +289,7 @@ def build_report(plan: Plan) -> dict:
     summaries = {name: load_summary(path) for name, path in evals.items()}
     fluency = fluency_of(evals, plan.retain) if plan.retain.is_dir() else {}
     report = {"settings": SETTINGS, "methods": METHODS, "models": {}, "grid": [], "chosen": {}, "table": [],
-              "samples": [], "wall_s": phase_walls(plan.work)}
+              "samples": [], "costs": phase_costs(plan.work)}
     for name in ("target", "retain"):
         if summaries.get(name):
             report["models"][name] = {**_metrics(summaries[name]), "fluency": _fluency_brief(fluency.get(name))}
@@ -327,16 +345,43 @@ def phase_of(meta: dict) -> str:
     return "grid" if meta["seed"] == SETTINGS["unlearn"]["grid_seed"] else "seeds"
 
 
-def phase_walls(work: Path) -> dict:
-    """Wall seconds per phase, summed over every finished job (across sessions)."""
+def phase_costs(work: Path) -> dict:
+    """What each phase cost, over every session: CPU seconds and job wall seconds summed over
+    its finished jobs (jobs of one phase may have run side by side), and the elapsed seconds of
+    each runner invocation (ELAPSED, counted up to its last finished job)."""
     import json
 
-    walls: dict[str, float] = {}
+    costs: dict[str, dict] = {"cpu_s": {}, "job_wall_s": {}}
     for marker in work.glob("*/*/.asu_job_done.json"):
         record = json.loads(marker.read_text())
         phase = phase_of(record.get("meta", {}))
-        walls[phase] = walls.get(phase, 0.0) + record["wall_s"]
-    return walls
+        for key, value in (("cpu_s", record.get("cpu_s", 0.0)), ("job_wall_s", record["wall_s"])):
+            costs[key][phase] = costs[key].get(phase, 0.0) + value
+    elapsed = work / ELAPSED
+    costs["elapsed_s"] = json.loads(elapsed.read_text()) if elapsed.is_file() else {}
+    return costs
+
+
+def elapsed_recorder(work: Path, run: str):
+    """An ``on_done`` hook for run_jobs that adds the time since the previous finished job (or
+    the start) to ``run``'s entry in work/ELAPSED, so a session ending half-way loses little."""
+    import json
+
+    last = [time.time()]
+
+    def record(_done: dict) -> None:
+        path = work / ELAPSED
+        totals = json.loads(path.read_text()) if path.is_file() else {}
+        now = time.time()
+        totals[run] = totals.get(run, 0.0) + now - last[0]
+        last[0] = now
+        write_json_atomic(path, totals)
+
+    return record
+
+
+def _costs(costs: dict) -> str:
+    return ", ".join(f"{k} {v:.0f}" for k, v in costs.items()) or "none yet"
 
 
 def _f(stat: dict | float | None, digits: int = 3) -> str:
@@ -371,7 +416,8 @@ def render_markdown(report: dict, meta: dict) -> str:
         "its mean token NLL under the *retain* model (which never saw the forget authors, so invented and true "
         "facts cost it alike) is <= 5 nats and <= 25% of its word 3-grams repeat (asu_plugin.fluency; validated "
         "in tests/test_fluency.py)",
-        f"- wall time per phase (s): {', '.join(f'{k} {v:.0f}' for k, v in report['wall_s'].items())}",
+        f"- cost per phase: CPU seconds {_costs(report['costs']['cpu_s'])}; elapsed seconds per runner invocation "
+        f"({meta['workers']} OU runs side by side) {_costs(report['costs']['elapsed_s'])}",
         "",
     ]
     mem = report.get("memorisation")
@@ -494,6 +540,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     parser.add_argument("--until", choices=["build", "grid", "seeds", "report"], default="report")
     parser.add_argument("--report", action="store_true", help="only rewrite the results from finished jobs")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                        help="OU runs side by side, sharing the cores (default %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="print the OU commands of every phase and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -509,30 +557,31 @@ def main(argv=None) -> int:
         raise SystemExit(f"base model not found at {plan.base}: run `make model` (asu-prepare-model prepare-smollm2)")
 
     def phase(name: str, jobs: list[OUJob]) -> None:
-        logger.info("phase %s: %d jobs (%d finished before)", name, len(jobs), sum(j.done for j in jobs))
-        run_jobs(jobs, ou_dir, work / "logs", desc=name)
+        logger.info("phase %s: %d jobs (%d finished before), %d side by side", name, len(jobs),
+                    sum(j.done for j in jobs), args.workers)
+        run_jobs(jobs, ou_dir, work / "logs", desc=name, workers=args.workers, on_done=elapsed_recorder(work, name))
 
     if not args.report:
-        phase("build", plan.build_jobs())
+        # the grid's unlearning runs need only the target, so they run beside the retain model's build
+        phase("build" if args.until == "build" else "build+grid",
+              plan.build_jobs() + ([] if args.until == "build" else plan.grid_jobs()))
         memorised = check_memorisation(load_summary(work / "evals" / "target"), load_summary(work / "evals" / "retain"))
         logger.info("memorisation: %s", memorised["text"])
         if not memorised["ok"]:
             raise SystemExit(
                 f"the target does not memorise the forget authors enough: {memorised['text']}. Raise "
-                "SETTINGS['finetune'] epochs or lr in bench/mini_tofu.py, delete the work dir's models/ and "
-                "evals/, and run again.")
-        if args.until != "build":
-            phase("grid", plan.grid_jobs())
+                "SETTINGS['finetune'] epochs or lr in bench/mini_tofu.py, delete the work dir's models/, runs/ "
+                "and evals/, and run again.")
+        if args.until not in ("build", "grid"):
             target = load_summary(work / "evals" / "target")
             grid = {(m, lr): load_summary(work / "evals" / run_name(m, lr, SETTINGS["unlearn"]["grid_seed"]))
                     for m in METHODS for lr in SETTINGS["unlearn"]["lrs"]}
             chosen = choose(grid, target["model_utility"])
             logger.info("chosen: %s", {m: c["lr"] for m, c in chosen.items()})
-            if args.until != "grid":
-                phase("seeds", plan.seed_jobs({m: c["lr"] for m, c in chosen.items()}))
+            phase("seeds", plan.seed_jobs({m: c["lr"] for m, c in chosen.items()}))
     report = build_report(plan)
     out = Path(args.out)
-    write_outputs(report, out, meta_info(ou_dir))
+    write_outputs(report, out, {**meta_info(ou_dir), "workers": args.workers})
     logger.info("wrote %s", out / "mini_tofu.md")
     return 0
 

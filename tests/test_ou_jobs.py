@@ -8,6 +8,7 @@ commands go through the same runner in tests/ou/test_continual.py.
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import pytest
@@ -64,3 +65,61 @@ def test_a_failed_job_names_its_command_and_log(ou, tmp_path):
     assert "ValueError: bad things" in str(error.value) and "python src/train.py fail=1" in str(error.value)
     assert str(tmp_path / "logs" / "c.log") in str(error.value)
     assert not job.done
+
+
+SLOW_ENTRY = textwrap.dedent("""
+    import os, sys, time
+    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+    out = args["paths.output_dir"]
+    log = os.path.join(out, "..", "events.txt")
+    with open(log, "a") as f:
+        f.write(f"start {os.path.basename(out)} {os.environ.get('OMP_NUM_THREADS')}\\n")
+    if args.get("needs"):
+        assert os.path.exists(os.path.join(out, "..", args["needs"], "model.safetensors")), "input missing"
+    time.sleep(float(args.get("sleep", "0")))
+    if args.get("fail") == "1":
+        sys.exit(3)
+    open(os.path.join(out, "model.safetensors"), "w").write("weights")
+    with open(log, "a") as f:
+        f.write(f"end {os.path.basename(out)}\\n")
+""")
+
+
+def _events(tmp_path):
+    return (tmp_path / "runs" / "events.txt").read_text().splitlines()
+
+
+def test_parallel_jobs_wait_for_what_they_read(ou, tmp_path):
+    (ou / "src" / "train.py").write_text(SLOW_ENTRY)
+    runs = tmp_path / "runs"
+    slow = OUJob("slow", "train", ["sleep=1.5"], runs / "slow")
+    first = OUJob("first", "train", ["sleep=0.2"], runs / "first")
+    second = OUJob("second", "train", ["needs=first"], runs / "second", after=(first,))
+    finished = []
+    records = run_jobs([slow, second, first], ou, tmp_path / "logs", workers=2, on_done=finished.append)
+    events, threads = _events(tmp_path), max(1, os.cpu_count() // 2)  # the cores shared by 2 jobs
+    # `second` was listed before `first` but started only after `first` ended, while `slow` ran
+    assert events.index("end first") < events.index(f"start second {threads}")
+    assert events.index(f"start slow {threads}") < events.index("end first") < events.index("end slow")
+    assert [r["name"] for r in records] == ["slow", "second", "first"]  # in the order given
+    assert sorted(r["name"] for r in finished) == ["first", "second", "slow"]
+    assert all(job.done for job in (slow, first, second))
+
+
+def test_a_failure_stops_new_jobs_and_keeps_running_ones(ou, tmp_path):
+    (ou / "src" / "train.py").write_text(SLOW_ENTRY)
+    runs = tmp_path / "runs"
+    bad = OUJob("bad", "train", ["fail=1"], runs / "bad")
+    long = OUJob("long", "train", ["sleep=1"], runs / "long")
+    later = OUJob("later", "train", [], runs / "later", after=(bad,))
+    with pytest.raises(JobFailed, match="bad failed"):
+        run_jobs([bad, long, later], ou, tmp_path / "logs", workers=2)
+    assert long.done and not bad.done and not later.done
+    assert not any(e.startswith("start later") for e in _events(tmp_path))
+
+
+def test_a_dependency_neither_finished_nor_scheduled_is_refused(ou, tmp_path):
+    missing = OUJob("missing", "train", [], tmp_path / "runs" / "missing")
+    job = OUJob("job", "train", [], tmp_path / "runs" / "job", after=(missing,))
+    with pytest.raises(ValueError, match="job needs missing, which has not finished"):
+        run_jobs([job], ou, tmp_path / "logs")

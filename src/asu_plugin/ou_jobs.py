@@ -9,6 +9,11 @@ it again, while finished jobs are never redone.
 
 Why subprocesses rather than calling OU in-process: exactly the commands a user would type
 are run (and logged, one log file per job), each with a fresh Hydra, RNG and memory.
+
+Jobs may run side by side (``run_jobs(..., workers=2)``), each started once the jobs it names
+in ``after`` have finished. Why: a 135M-parameter model keeps 2 CPU cores busy poorly (small
+matrices), so two single-threaded OU runs finish about 1.3x more work per hour than one run
+with two threads (measured here on SmolLM2 training steps).
 """
 
 from __future__ import annotations
@@ -16,15 +21,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import resource
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from .atomic import write_json_atomic
 
@@ -51,6 +56,7 @@ class OUJob:
     out_dir: Path
     config_name: Optional[str] = None  # e.g. "unlearn.yaml"; None: the script's default
     meta: dict = field(default_factory=dict)  # what the job is (method, lr, seed, ...) for reports
+    after: tuple["OUJob", ...] = ()  # jobs whose outputs this one reads: they must finish first
 
     def argv(self, python: str = sys.executable) -> list[str]:
         config = [f"--config-name={self.config_name}"] if self.config_name else []
@@ -66,13 +72,6 @@ class OUJob:
         return (self.out_dir / DONE).is_file()
 
 
-def _children_cpu_s() -> float:
-    """CPU seconds (user + system) of finished child processes: a job's cost independent of
-    how busy the machine was (wall time is not, on a shared machine)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_job(job: OUJob, ou_dir: Path, log_dir: Path, env: Optional[dict] = None) -> dict:
     """Run ``job`` unless it finished before; return its done record. Raises JobFailed."""
     marker = job.out_dir / DONE
@@ -84,32 +83,80 @@ def run_job(job: OUJob, ou_dir: Path, log_dir: Path, env: Optional[dict] = None)
     job.out_dir.mkdir(parents=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{job.name}.log"
-    start, cpu_before = time.time(), _children_cpu_s()
+    start = time.time()
     with open(log, "w") as handle:
         handle.write(f"# {job.command()}\n# cwd: {ou_dir}\n")
         handle.flush()
-        code = subprocess.call(job.argv(), cwd=ou_dir, stdout=handle, stderr=subprocess.STDOUT,
-                               env={**os.environ, **JOB_ENV, **(env or {})})
+        process = subprocess.Popen(job.argv(), cwd=ou_dir, stdout=handle, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **JOB_ENV, **(env or {})})
+        # wait4: this child's own CPU seconds (user + system), a cost independent of how busy
+        # the machine was and of other jobs running beside it (wall time is neither)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = code = os.waitstatus_to_exitcode(status)
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise JobFailed(f"{job.name} failed (exit {code}); full log: {log}\ncommand: {job.command()}\n{tail}")
     record = {"name": job.name, "command": job.command(), "meta": job.meta, "wall_s": time.time() - start,
-              "cpu_s": _children_cpu_s() - cpu_before,
+              "cpu_s": usage.ru_utime + usage.ru_stime,
               "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "log": str(log)}
     write_json_atomic(marker, record)
     return record
 
 
-def run_jobs(jobs: Sequence[OUJob], ou_dir: Path, log_dir: Path, desc: str = "jobs") -> list[dict]:
-    """Run jobs in order (finished ones are skipped), with a progress bar and a log line each."""
+def run_jobs(jobs: Sequence[OUJob], ou_dir: Path, log_dir: Path, desc: str = "jobs", workers: int = 1,
+             on_done: Optional[Callable[[dict], None]] = None) -> list[dict]:
+    """Run ``jobs`` (finished ones are kept), ``workers`` at a time, each once every job in its
+    ``after`` has finished, in list order otherwise; a progress bar and a log line per job.
+
+    With ``workers > 1`` each job gets ``cpu_count // workers`` threads, so the runs share the
+    cores instead of fighting over them. On a failure no new job starts; the running ones
+    finish (their results are kept), then the first JobFailed is raised. ``on_done(record)`` is
+    called after every finished job. Returns the done records in ``jobs`` order.
+    """
     from tqdm import tqdm
 
-    records = []
-    with tqdm(jobs, desc=desc, unit="job") as bar:
-        for job in bar:
-            bar.set_postfix_str(job.name)
-            skipped = job.done
-            record = run_job(job, ou_dir, log_dir)
-            logger.info("%s %s (%.0f s)", "kept" if skipped else "finished", job.name, record["wall_s"])
-            records.append(record)
-    return records
+    names = {id(job) for job in jobs}
+    for job in jobs:
+        for dep in job.after:
+            if id(dep) not in names and not dep.done:
+                raise ValueError(f"{job.name} needs {dep.name}, which has not finished and is not among the jobs to run")
+    env = {}
+    if workers > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    records: dict[int, dict] = {}
+    pending, running = list(jobs), {}
+    failure: Optional[JobFailed] = None
+    with tqdm(total=len(jobs), desc=desc, unit="job") as bar, ThreadPoolExecutor(max(1, workers)) as pool:
+        def finished(job: OUJob) -> bool:
+            return id(job) in records or (id(job) not in names and job.done)
+
+        while pending or running:
+            while failure is None and len(running) < workers:
+                ready = next((job for job in pending if all(finished(dep) for dep in job.after)), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                kept = ready.done
+                running[pool.submit(run_job, ready, ou_dir, log_dir, env)] = (ready, kept)
+            if not running:
+                if failure is None and pending:  # cannot happen for a list with no cycle
+                    raise ValueError(f"jobs wait on each other: {[job.name for job in pending]}")
+                break
+            bar.set_postfix_str(", ".join(job.name for job, _ in running.values()))
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                job, kept = running.pop(future)
+                try:
+                    record = future.result()
+                except JobFailed as error:
+                    failure = failure or error
+                    continue
+                records[id(job)] = record
+                logger.info("%s %s (%.0f s)", "kept" if kept else "finished", job.name, record["wall_s"])
+                if on_done is not None and not kept:
+                    on_done(record)
+                bar.update(1)
+    if failure is not None:
+        raise failure
+    return [records[id(job)] for job in jobs]

@@ -84,3 +84,20 @@ def test_evaluations(composed):
     assert cfg["model"]["model_args"]["pretrained_model_name_or_path"].endswith("runs/ASU_KL_lr0.0001_s0")
     assert results["eval_retain"][1]["eval"]["tofu"]["retain_logs_path"] is None
     assert results["unlearn_ASU_KL_lr0.0001_s2"][1]["trainer"]["args"]["seed"] == 2
+
+
+def test_jobs_wait_for_the_models_they_read(mini_tofu, tmp_path):
+    """Jobs run side by side, so each must name what it reads: an evaluation the retain model's
+    log (forget_quality), an unlearning run the target model."""
+    plan = mini_tofu.Plan(tmp_path, Path("/base/model"))
+    build = plan.build
+    assert build["eval_retain"].after == (build["finetune_retain"],)
+    assert build["eval_target"].after == (build["finetune_target"], build["eval_retain"])
+    seeds = plan.seed_jobs({"ASU_KL": 1e-4})
+    for job in plan.grid_jobs() + seeds:
+        if job.script == "train":
+            assert job.after == (build["finetune_target"],)
+        else:
+            unlearn = job.after[0]
+            assert unlearn.out_dir == plan.work / "runs" / job.name.removeprefix("eval_")
+            assert job.after[1] is build["eval_retain"]
