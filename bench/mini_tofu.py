@@ -47,8 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
-from asu_plugin.atomic import atomic_path, write_json_atomic, write_text_atomic
-from asu_plugin.ou_jobs import OUJob, run_jobs
+from asu_plugin.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
+from asu_plugin.ou_jobs import OUJob, run_jobs  # noqa: E402
 
 logger = logging.getLogger("mini_tofu")
 
@@ -302,7 +302,7 @@ def build_report(plan: Plan) -> dict:
     if "target" in report["models"]:
         report["chosen"] = choose(grid, report["models"]["target"]["model_utility"])
     for method, pick in report["chosen"].items():
-        names = [run_name(method, pick["lr"], seed) for seed in u["seeds"] if run_name(method, pick["lr"], seed) in runs]
+        names = [n for n in (run_name(method, pick["lr"], seed) for seed in u["seeds"]) if n in runs]
         row = {"method": method, "lr": pick["lr"], "seeds": [runs[n]["seed"] for n in names]}
         for key in ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_ROUGE", "privleak"):
             row[key] = mean_std([summaries[n][key] for n in names])
@@ -334,8 +334,8 @@ def _samples(summaries: dict, chosen: dict) -> list[dict]:
     rows = []
     for key in keys:
         first = available["target"]["generations"][key]
-        rows.append({"question": first["question"], "ground_truth": first["ground_truth"],
-                     "answers": {label: s["generations"].get(key, {}).get("generation") for label, s in available.items()}})
+        answers = {label: s["generations"].get(key, {}).get("generation") for label, s in available.items()}
+        rows.append({"question": first["question"], "ground_truth": first["ground_truth"], "answers": answers})
     return rows
 
 
@@ -388,7 +388,8 @@ def _f(stat: dict | float | None, digits: int = 3) -> str:
     if isinstance(stat, dict):
         if stat.get("mean") is None:
             return "n/a"
-        return f"{stat['mean']:.{digits}g} ± {stat['std']:.{digits - 1}g}" if stat["n"] > 1 else f"{stat['mean']:.{digits}g}"
+        mean = f"{stat['mean']:.{digits}g}"
+        return f"{mean} ± {stat['std']:.{digits - 1}g}" if stat["n"] > 1 else mean
     return "n/a" if stat is None else f"{stat:.{digits}g}"
 
 
@@ -449,7 +450,7 @@ def render_markdown(report: dict, meta: dict) -> str:
             lines += [f"**Q{i}. {sample['question']}**", "", f"- *ground truth*: {sample['ground_truth']}"]
             lines += [f"- *{label}*: {_one_line(sample['answers'][label])}" for label in labels]
             lines.append("")
-    lines += ["## Verdict", "", report.get("verdict", "(the comparison has not finished: see the tables above)"), ""]
+    lines += ["## Verdict", "", report.get("verdict") or "(the comparison has not finished: see the tables above)", ""]
     return "\n".join(lines)
 
 
@@ -532,7 +533,8 @@ def meta_info(ou_dir: Path) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=os.environ.get("ASU_MINI_TOFU_DIR", DEFAULT_WORK),
                         help="models, runs and evaluations (outside the repo; default %(default)s)")
     parser.add_argument("--ou-dir", default=os.environ.get("OU_DIR", DEFAULT_OU_DIR))

@@ -119,7 +119,8 @@ def run_jobs(jobs: Sequence[OUJob], ou_dir: Path, log_dir: Path, desc: str = "jo
     for job in jobs:
         for dep in job.after:
             if id(dep) not in names and not dep.done:
-                raise ValueError(f"{job.name} needs {dep.name}, which has not finished and is not among the jobs to run")
+                raise ValueError(f"{job.name} needs {dep.name}, which has not finished and is not among the "
+                                 "jobs to run")
     env = {}
     if workers > 1:
         threads = str(max(1, (os.cpu_count() or 1) // workers))

@@ -63,7 +63,8 @@ def test_unlearning_runs(composed, method, handler, forget_set):
         assert cfg["trainer"]["handler"] == handler
         assert cfg["trainer"]["args"]["learning_rate"] == lr and cfg["trainer"]["args"]["seed"] == 0
         assert cfg["trainer"]["args"]["num_train_epochs"] == 5
-        assert cfg["trainer"]["args"]["per_device_train_batch_size"] * cfg["trainer"]["args"]["gradient_accumulation_steps"] == 8
+        args = cfg["trainer"]["args"]
+        assert args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] == 8
         assert cfg["model"]["model_args"]["pretrained_model_name_or_path"] == str(plan.target)
         assert list(cfg["data"]["forget"]) == [forget_set]
         assert cfg["data"]["forget"][forget_set]["args"]["hf_args"]["name"] == "forget01"

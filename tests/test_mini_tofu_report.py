@@ -1,0 +1,108 @@
+"""bench/mini_tofu.py's report: the selection rule, seed statistics and the verdict, computed from
+OU evaluation directories (TOFU_EVAL.json + done marker) written here with known numbers.
+
+The OU commands themselves are checked in tests/ou/test_mini_tofu_plan.py; this is the part
+that turns finished evaluations into the published table, where a wrong pick or a wrong mean
+would go unnoticed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "mini_tofu.py"
+META = {"versions": "test", "machine": "test", "workers": 2}
+
+
+@pytest.fixture(scope="module")
+def mini_tofu():
+    spec = importlib.util.spec_from_file_location("mini_tofu_report", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_eval(work: Path, name: str, fq: float | None, mu: float, rouge: float = 0.5, cpu_s: float = 10.0,
+               meta: dict | None = None) -> None:
+    out = work / "evals" / name
+    out.mkdir(parents=True)
+    generations = {str(i): {"input": f"system\nYou are SmolLM\nuser\nQuestion {i}?\nassistant\n",
+                            "generation": f"{name} answer {i}", "ground_truth": f"truth {i}"} for i in range(6)}
+    data = {"model_utility": {"agg_value": mu}, "forget_truth_ratio": {"agg_value": 0.6},
+            "forget_Q_A_ROUGE": {"agg_value": rouge, "value_by_index": generations},
+            "forget_Q_A_Prob": {"agg_value": 0.3}, "privleak": {"agg_value": -20.0}}
+    if fq is not None:
+        data["forget_quality"] = {"agg_value": fq}
+    (out / "TOFU_EVAL.json").write_text(json.dumps(data))
+    (out / ".asu_job_done.json").write_text(json.dumps({"wall_s": 20.0, "cpu_s": cpu_s, "meta": meta or {}}))
+
+
+# (method, lr) -> (model_utility, forget_quality per seed 0, 1, 2); the target's utility is 0.5,
+# so the rule's floor is 0.45
+GRID = {
+    ("GradDiff", 2e-5): (0.48, [0.01, 0.02, 0.03]), ("GradDiff", 1e-4): (0.30, [0.9]),  # 1e-4 breaks utility
+    ("NPO", 2e-5): (0.40, [0.10, 0.1, 0.1]), ("NPO", 1e-4): (0.20, [0.6]),  # none keeps it: max utility
+    ("SimNPO", 2e-5): (0.46, [0.05]), ("SimNPO", 1e-4): (0.47, [0.07, 0.06, 0.08]),
+    ("IDK", 2e-5): (0.49, [0.2, 0.2, 0.2]), ("IDK", 1e-4): (0.49, [0.2]),  # tie: the smaller lr
+    ("ASU_GD", 2e-5): (0.50, [0.001]), ("ASU_GD", 1e-4): (0.46, [0.15, 0.1, 0.2]),
+    ("ASU_KL", 2e-5): (0.50, [0.01]), ("ASU_KL", 1e-4): (0.47, [0.3, 0.2, 0.4]),
+}
+
+
+@pytest.fixture
+def work(tmp_path, mini_tofu):
+    write_eval(tmp_path, "target", 0.001, 0.5, rouge=0.9, cpu_s=100.0)
+    write_eval(tmp_path, "retain", None, 0.5, rouge=0.3, cpu_s=50.0)
+    for (method, lr), (mu, fqs) in GRID.items():
+        for seed, fq in enumerate(fqs):
+            write_eval(tmp_path, mini_tofu.run_name(method, lr, seed), fq, mu,
+                       meta={"method": method, "lr": lr, "seed": seed})
+    return tmp_path
+
+
+def test_the_rule_picks_per_method(mini_tofu, work):
+    report = mini_tofu.build_report(mini_tofu.Plan(work, work / "no-base"))
+    assert {m: c["lr"] for m, c in report["chosen"].items()} == {
+        "GradDiff": 2e-5, "NPO": 2e-5, "SimNPO": 1e-4, "IDK": 2e-5, "ASU_GD": 1e-4, "ASU_KL": 1e-4}
+    assert "no lr kept model_utility >= 0.4500" in report["chosen"]["NPO"]["why"]
+    assert report["memorisation"]["ok"] and report["memorisation"]["rouge_gap"] == pytest.approx(0.6)
+    assert len(report["grid"]) == 12
+
+
+def test_seed_statistics_and_verdict(mini_tofu, work):
+    report = mini_tofu.build_report(mini_tofu.Plan(work, work / "no-base"))
+    rows = {row["method"]: row for row in report["table"]}
+    asu = rows["ASU_KL"]["forget_quality"]
+    assert asu["n"] == 3 and asu["mean"] == pytest.approx(0.3) and asu["std"] == pytest.approx(statistics.stdev(
+        [0.3, 0.2, 0.4]))
+    assert rows["ASU_KL"]["seeds"] == [0, 1, 2] and rows["ASU_KL"]["model_utility"]["std"] == 0.0
+    assert report["costs"]["cpu_s"] == {"build": 150.0, "grid": 120.0, "seeds": 120.0}
+    text = mini_tofu.verdict(report)
+    assert text.startswith("Highest mean forget_quality: ASU_KL (0.3)") and "ASU forgets best" in text
+    assert [s["answers"]["ASU_KL"] for s in report["samples"]] == [f"ASU_KL_lr0.0001_s0 answer {i}" for i in range(5)]
+    assert report["samples"][0]["question"] == "Question 0?"
+
+
+def test_no_verdict_before_every_seed_and_an_honest_one_after(mini_tofu, work, tmp_path):
+    plan = mini_tofu.Plan(work, work / "no-base")
+    write_eval(work, "IDK_lr2e-05_s7", 0.9, 0.5)  # not a run of the plan: ignored
+    unfinished = work / "evals" / mini_tofu.run_name("GradDiff", 2e-5, 2)
+    (unfinished / ".asu_job_done.json").unlink()
+    assert mini_tofu.verdict(mini_tofu.build_report(plan)) is None
+    shutil.rmtree(unfinished)
+    write_eval(work, mini_tofu.run_name("GradDiff", 2e-5, 2), 2.0, 0.48)  # GradDiff now beats ASU
+    report = mini_tofu.build_report(plan)
+    text = mini_tofu.verdict(report)
+    assert text.startswith("Highest mean forget_quality: GradDiff") and "ASU does not beat every baseline" in text
+    out = tmp_path / "out"
+    mini_tofu.write_outputs(report, out, META)
+    markdown = (out / "mini_tofu.md").read_text()
+    assert "| ASU_KL | 0.0001 | 3 | 0.3 ± 0.1 | 0.47 ± 0 |" in markdown and "ASU does not beat" in markdown
+    assert json.loads((out / "mini_tofu.json").read_text())["verdict"] == text
+    assert (out / "mini_tofu_scatter.png").read_bytes()[:4] == b"\x89PNG"
