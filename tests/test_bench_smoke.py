@@ -8,7 +8,6 @@ them cleanly and the tests that need them skip with a reason.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -17,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.bench_scripts import load_bench
 
 REPO = Path(__file__).resolve().parents[1]
 PERF = REPO / "bench" / "perf.py"
@@ -124,18 +125,11 @@ def test_quick_run_trainer_sections(quick_run):
         assert heading in markdown
 
 
-def _load_perf():
-    spec = importlib.util.spec_from_file_location("asu_bench_perf", PERF)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.ou
 @needs_ou
 def test_asu_trainers_call_loss_token_kl(monkeypatch, tmp_path):
     """The forget loss the benchmark measures is the one the trainers run."""
-    perf = _load_perf()
+    perf = load_bench("perf")
     ok, reason = perf.import_ou()
     assert ok, reason
     import asu_plugin.loss as loss_module

@@ -8,7 +8,6 @@ would go unnoticed.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import statistics
@@ -16,16 +15,14 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "mini_tofu.py"
+from tests.bench_scripts import load_bench
+
 META = {"versions": "test", "machine": "test", "workers": 2}
 
 
 @pytest.fixture(scope="module")
 def mini_tofu():
-    spec = importlib.util.spec_from_file_location("mini_tofu_report", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("mini_tofu")
 
 
 def write_eval(work: Path, name: str, fq: float | None, mu: float, rouge: float = 0.5, cpu_s: float = 10.0,

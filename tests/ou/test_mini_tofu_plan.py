@@ -8,21 +8,17 @@ one subprocess, and the values that define the study are checked.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "mini_tofu.py"
+from tests.bench_scripts import load_bench
 
 
 @pytest.fixture(scope="module")
 def mini_tofu():
-    spec = importlib.util.spec_from_file_location("mini_tofu", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("mini_tofu")
 
 
 @pytest.fixture(scope="module")
