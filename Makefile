@@ -94,7 +94,7 @@ bench-continual:
 	$(PY) -m asu_plugin.continual --steps 3 --teacher original --ou-dir "$(OU_DIR)" \
 	  --model $(if $(CONTINUAL_MODEL),$(dir $(CONTINUAL_MODEL)),$(HOME)/.cache/asu-plugin/models/SmolLM2-135M-Instruct) \
 	  --work $(HOME)/.cache/asu-plugin/continual --utility-split 'train[:8]' --max-new-tokens 32
-	mkdir -p bench/results/continual && cp $(HOME)/.cache/asu-plugin/continual/continual.{json,png} bench/results/continual/
+	mkdir -p bench/results/continual && cp $(HOME)/.cache/asu-plugin/continual/continual.{json,md,png} bench/results/continual/
 
 reliability:
 	$(PY) docs/reliability.py

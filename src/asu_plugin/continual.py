@@ -17,8 +17,8 @@ block 1 = rows 360-399 of forget10 (= forget01, the last 2 authors), block 2 = r
 
 Per step it writes ``<work>/steps/step_<k>.json`` (model_utility, forget_quality when
 ``--retain-log`` names a matching retain model's TOFU_EVAL.json, and per block forget ROUGE-L
-recall and truth ratio) and, after the last, ``<work>/continual.png``. Finished steps are kept
-when it is run again (asu_plugin.ou_jobs).
+recall and truth ratio) and, after the last, ``<work>/continual.{json,md,png}``. Finished steps
+are kept when it is run again (asu_plugin.ou_jobs).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .atomic import atomic_path, write_json_atomic
+from .atomic import atomic_path, write_json_atomic, write_text_atomic
 from .ou_jobs import OUJob, run_jobs
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ class ContinualPlan:
         teacher = str(self.original) if a.teacher == "original" else "null"
         return OUJob(f"unlearn_step_{step}", "train", [
             f"experiment={a.experiment}", f"trainer={a.method}", *self._model(self.model_after(step - 1)),
-            "forget_split=forget10", f"data.forget.{a.forget_key}.args.hf_args.split='{block_slice(step, step, a.block_rows)}'",
+            "forget_split=forget10",
+            f"data.forget.{a.forget_key}.args.hf_args.split='{block_slice(step, step, a.block_rows)}'",
             f"retain_split={a.retain_split}", f"trainer.method_args.teacher_path={teacher}",
             *a.override, f"task_name=continual_step_{step}",
         ], self.model_after(step), config_name="unlearn.yaml", meta={"kind": "unlearn", "step": step})
@@ -149,6 +150,30 @@ def plot_curves(results: Sequence[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def render_markdown(args: argparse.Namespace, results: Sequence[dict]) -> str:
+    """One row per step: utility, then forget ROUGE-L recall / truth ratio of every block."""
+    blocks = sorted({b for r in results for b in r["blocks"]}, key=int)
+    lines = [f"# Continual unlearning: {args.method}, teacher={args.teacher}", "",
+             f"- original model: `{args.model}`; {args.steps} steps of {args.block_rows} forget10 rows each "
+             "(block 1 = forget01, the last rows); evaluation: OU's TOFU evaluator, model_utility sets on "
+             f"`{args.utility_split}`, {args.max_new_tokens} new tokens",
+             "- per block: forget ROUGE-L recall / truth ratio; a block is forgotten from its own step on (*)", "",
+             "| step | model_utility | forget_quality | " + " | ".join(f"block {b}" for b in blocks) + " |",
+             "|---" * (3 + len(blocks)) + "|"]
+    for r in results:
+        cells = [_block_cell(r["blocks"].get(b)) for b in blocks]
+        fq = "n/a" if r["forget_quality"] is None else f"{r['forget_quality']:.3g}"
+        lines.append(f"| {r['step']} | {r['model_utility']:.4f} | {fq} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", "![curves](continual.png)", ""])
+
+
+def _block_cell(block: Optional[dict]) -> str:
+    if block is None:
+        return "-"
+    mark = " *" if block["forgotten"] else ""
+    return f"{block['forget_Q_A_ROUGE']:.3f} / {block['forget_truth_ratio']:.3f}{mark}"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m asu_plugin.continual", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="the original model directory (step 0)")
@@ -159,7 +184,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"questions per block (default {BLOCK_ROWS} = forget01's 2 authors)")
     p.add_argument("--method", default="ASU_KL", help="trainer (default ASU_KL)")
     p.add_argument("--work", default="saves/continual", help="where models, evals and step JSONs go")
-    p.add_argument("--ou-dir", default=None, help="OU checkout (default $OU_DIR or ~/.cache/asu-plugin/open-unlearning)")
+    p.add_argument("--ou-dir", default=None,
+                   help="OU checkout (default $OU_DIR or ~/.cache/asu-plugin/open-unlearning)")
     p.add_argument("--experiment", default="unlearn/tofu/asu_cpu", help="unlearning experiment config")
     p.add_argument("--forget-key", default="TOFU_QA_forget", help="the experiment's forget dataset key")
     p.add_argument("--retain-split", default="retain90", help="TOFU retain config for training (default retain90)")
@@ -203,12 +229,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if job.meta["kind"] == "eval":
             result = step_result(plan, job.meta["step"])
             write_json_atomic(plan.work / "steps" / f"step_{job.meta['step']}.json", result)
+            rouge = {b: round(v["forget_Q_A_ROUGE"], 3) for b, v in result["blocks"].items()}
             logger.info("step %d: model_utility %.4f, forget ROUGE per block %s", result["step"],
-                        result["model_utility"], {b: round(v["forget_Q_A_ROUGE"], 3) for b, v in result["blocks"].items()})
+                        result["model_utility"], rouge)
             results.append(result)
     plot_curves(results, plan.work / "continual.png")
     write_json_atomic(plan.work / "continual.json", {"args": vars(args), "steps": results})
-    logger.info("wrote %s and %s", plan.work / "continual.json", plan.work / "continual.png")
+    write_text_atomic(plan.work / "continual.md", render_markdown(args, results))
+    logger.info("wrote continual.{json,md,png} in %s", plan.work)
     return 0
 
 

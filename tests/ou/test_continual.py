@@ -82,3 +82,8 @@ def test_step_results_cover_every_block_so_far(continual_run):
     assert (continual_run / "continual.png").stat().st_size > 0
     summary = json.loads((continual_run / "continual.json").read_text())
     assert [s["step"] for s in summary["steps"]] == [0, 1, 2]
+    table = (continual_run / "continual.md").read_text().split("| step |", 1)[1].splitlines()
+    block = steps[2]["blocks"]["2"]
+    assert table[4].startswith(f"| 2 | {steps[2]['model_utility']:.4f} | n/a | ")
+    assert table[4].endswith(f"| {block['forget_Q_A_ROUGE']:.3f} / {block['forget_truth_ratio']:.3f} * |")
+    assert table[2].endswith("| - |")  # step 0 is not scored on block 2
