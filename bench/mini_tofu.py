@@ -75,14 +75,16 @@ SETTINGS = {
     "utility_floor": 0.9,
     "samples": 5,
 }
-# every method with OU's own defaults for its hyperparameters (configs/trainer/<trainer>.yaml)
+# every method with OU's own defaults for its hyperparameters (configs/trainer/<trainer>.yaml);
+# the grid runs in this order, ASU first: a study cut short by a session's end still answers
+# its question (ASU beside the baselines finished so far)
 METHODS = {
+    "ASU_GD": {"trainer": "ASU_GD"},
+    "ASU_KL": {"trainer": "ASU_KL"},
     "GradDiff": {"trainer": "GradDiff"},
     "NPO": {"trainer": "NPO"},
     "SimNPO": {"trainer": "SimNPO"},
     "IDK": {"trainer": "DPO", "experiment": "unlearn/tofu/idk"},  # OU's IDK: DPO towards idk.jsonl
-    "ASU_GD": {"trainer": "ASU_GD"},
-    "ASU_KL": {"trainer": "ASU_KL"},
 }
 SAMPLE_METHODS = ["target", "retain", "NPO", "IDK", "ASU_KL"]
 CPU_ARGS = [  # what OU needs off a GPU (see configs/experiment/unlearn/tofu/asu_cpu.yaml)
@@ -416,7 +418,8 @@ def render_markdown(report: dict, meta: dict) -> str:
         "- fluency (OU's gibberish metric needs a hub classifier): an answer is fluent when it has >= 2 words, "
         "its mean token NLL under the *retain* model (which never saw the forget authors, so invented and true "
         "facts cost it alike) is <= 5 nats and <= 25% of its word 3-grams repeat (asu_plugin.fluency; validated "
-        "in tests/test_fluency.py)",
+        "in tests/test_fluency.py); the retain row scores the retain model's own answers, so its NLL is low by "
+        "construction",
         f"- cost per phase: CPU seconds {_costs(report['costs']['cpu_s'])}; elapsed seconds per runner invocation "
         f"({meta['workers']} OU runs side by side) {_costs(report['costs']['elapsed_s'])}",
         "",
