@@ -27,8 +27,9 @@ single-threaded runs do ~1.3x the work of one two-threaded run). The memorisatio
 the seeds phase.
 
 Selection rule (fixed before any result): per method, among its grid settings with
-model_utility >= 0.9 x the target's, the largest forget_quality; if none qualifies, the largest
-model_utility. The same rule for every method. Seeds 0-2 of that setting are reported.
+model_utility >= 0.9 x the target's, the largest forget_quality (a tie: the smaller lr, the
+gentler change); if none qualifies, the largest model_utility. The same rule for every method.
+Seeds 0-2 of that setting are reported.
 """
 
 from __future__ import annotations
@@ -410,8 +411,8 @@ def render_markdown(report: dict, meta: dict) -> str:
         f"OU's default hyperparameters per method (ASU: tau 2.3, gamma 0.1, alpha 1, all layers); lr grid "
         f"{s['unlearn']['lrs']} on seed 0",
         f"- selection rule (fixed in advance, every method): among its lrs with model_utility >= "
-        f"{s['utility_floor']} x the target's, the largest forget_quality (else the largest model_utility); "
-        f"then seeds {s['unlearn']['seeds']} of that lr, mean ± std",
+        f"{s['utility_floor']} x the target's, the largest forget_quality (a tie: the smaller lr; none "
+        f"qualifies: the largest model_utility); then seeds {s['unlearn']['seeds']} of that lr, mean ± std",
         f"- evaluation: OU's TOFU evaluator (all default metrics), forget01/holdout01 in full, model_utility "
         f"sets on `{s['eval']['utility']}`, generations capped at {s['eval']['max_new_tokens']} new tokens; "
         "forget_quality against the retain model's own TOFU_EVAL.json",
