@@ -487,8 +487,9 @@ def plot_scatter(report: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(8, 5.5))
     for name, m in report["models"].items():
         if m["forget_quality"]:
             ax.scatter(m["forget_quality"], m["model_utility"], marker="s", color="black")
@@ -500,7 +501,15 @@ def plot_scatter(report: dict, path: Path) -> None:
         ax.errorbar(fq["mean"], mu["mean"], xerr=fq["std"], yerr=mu["std"], marker="o", capsize=3)
         ax.annotate(f"{row['method']} (lr {row['lr']:g})", (fq["mean"], mu["mean"]), textcoords="offset points",
                     xytext=(5, -12))
+    target = report["models"].get("target")
+    if target:
+        floor = SETTINGS["utility_floor"] * target["model_utility"]
+        ax.axhline(floor, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(f"selection floor: {SETTINGS['utility_floor']} x target utility", (0.01, floor),
+                    xycoords=("axes fraction", "data"), textcoords="offset points", xytext=(0, 4), color="grey")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a short log range
+    ax.margins(x=0.25, y=0.15)
     ax.set_xlabel("forget_quality (log; higher = closer to the retain model)")
     ax.set_ylabel("model_utility")
     ax.set_title("Mini-TOFU forget01, SmolLM2-135M-Instruct (mean ± std over seeds)")
