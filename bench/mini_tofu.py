@@ -87,7 +87,7 @@ METHODS = {
     "SimNPO": {"trainer": "SimNPO"},
     "IDK": {"trainer": "DPO", "experiment": "unlearn/tofu/idk"},  # OU's IDK: DPO towards idk.jsonl
 }
-SAMPLE_METHODS = ["target", "retain", "NPO", "IDK", "ASU_KL"]
+SAMPLE_METHODS = ["target", "retain", "NPO", "IDK", "ASU_GD", "ASU_KL"]
 CPU_ARGS = [  # what OU needs off a GPU (see configs/experiment/unlearn/tofu/asu_cpu.yaml)
     "trainer.args.optim=adamw_torch", "trainer.args.bf16=false", "trainer.args.bf16_full_eval=false",
     "trainer.args.do_eval=false", "trainer.args.eval_strategy=no", "trainer.args.eval_on_start=false",
@@ -313,7 +313,33 @@ def build_report(plan: Plan) -> dict:
         row["median_nll"] = mean_std([fluency[n]["median_nll"] for n in names if n in fluency])
         report["table"].append(row)
     report["samples"] = _samples(summaries, report["chosen"])
+    if report["samples"] and plan.target.is_dir():
+        teacher = teacher_answers(plan, [sample["question"] for sample in report["samples"]])
+        for sample, answers in zip(report["samples"], teacher):
+            sample["answers"].update(answers)
     return report
+
+
+TEACHER_SETTINGS = {"tau": 2.3, "layers": ["all", "0-9"]}  # the study's teacher, and shallow layers only
+
+
+def teacher_answers(plan: Plan, questions: list[str]) -> list[dict]:
+    """Greedy answers of the target under smoothed attention: what ASU distils towards (the
+    study's setting, tau 2.3 on all layers, and the same tau on the shallow layers 0-9), cached
+    in the work dir. Shows whether the teacher itself stays fluent on this model."""
+    import json
+
+    cache = plan.work / "teacher_samples.json"
+    if cache.is_file() and json.loads(cache.read_text())["questions"] == questions:
+        return json.loads(cache.read_text())["answers"]
+    from asu_plugin.probe import load_model, run_generate
+
+    model, tokenizer = load_model(plan.target)
+    rows = run_generate(model, tokenizer, questions, [TEACHER_SETTINGS["tau"]], TEACHER_SETTINGS["layers"],
+                        max_new_tokens=SETTINGS["eval"]["max_new_tokens"])
+    answers = [{f"teacher ({key.replace('|', ', ')})": text for key, text in row["smoothed"].items()} for row in rows]
+    write_json_atomic(cache, {"questions": questions, "answers": answers})
+    return answers
 
 
 def _metrics(summary: dict) -> dict:
