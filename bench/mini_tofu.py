@@ -330,8 +330,9 @@ def teacher_answers(plan: Plan, questions: list[str]) -> list[dict]:
     import json
 
     cache = plan.work / "teacher_samples.json"
-    if cache.is_file() and json.loads(cache.read_text())["questions"] == questions:
-        return json.loads(cache.read_text())["answers"]
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    if cached.get("questions") == questions:
+        return cached["answers"]
     from asu_plugin.probe import load_model, run_generate
 
     model, tokenizer = load_model(plan.target)
