@@ -22,9 +22,10 @@ Phases (every model and evaluation is one OU command, see asu_plugin.ou_jobs):
 
 Phases 1 and 2 form one dependency graph (asu_plugin.ou_jobs): the grid's unlearning runs need
 only the target, so they run beside the retain model's finetune; every evaluation waits for the
-retain model's log. ``--workers`` OU runs go side by side (default 2 on 2 cores: two
-single-threaded runs do ~1.3x the work of one two-threaded run). The memorisation check gates
-the seeds phase.
+retain model's log. A method's seeds join the same queue as soon as its own grid is evaluated
+(the rule reads only that method's grid), so no core waits for the slowest method's grid.
+``--workers`` OU runs go side by side (default 2 on 2 cores: two single-threaded runs do ~1.3x
+the work of one two-threaded run). The memorisation check gates the seeds phase.
 
 Selection rule (fixed before any result): per method, among its grid settings with
 model_utility >= 0.9 x the target's, the largest forget_quality (a tie: the smaller lr, the
@@ -236,6 +237,25 @@ def choose(grid: dict[tuple[str, float], dict], target_utility: float) -> dict[s
             lr, _ = max(rows, key=lambda item: item[1]["model_utility"])
             chosen[method] = {"lr": lr, "why": f"no lr kept model_utility >= {floor:.4f}: max model_utility"}
     return chosen
+
+
+def seed_jobs_ready(plan: Plan, chosen: set[str]) -> list[OUJob]:
+    """The seeds phase of every method whose whole grid is evaluated, once the target is shown to
+    memorise; each method once (``chosen`` keeps the methods already given). The rule looks at a
+    method's own grid only, so choosing early picks what choosing at the end would."""
+    evals, u = plan.work / "evals", SETTINGS["unlearn"]
+    target, retain = load_summary(evals / "target"), load_summary(evals / "retain")
+    if target is None or retain is None or not check_memorisation(target, retain)["ok"]:
+        return []
+    grid = {(m, lr): load_summary(evals / run_name(m, lr, u["grid_seed"])) for m in METHODS for lr in u["lrs"]}
+    complete = {(m, lr): r for (m, lr), r in grid.items()
+                if m not in chosen and all(grid[m, other] is not None for other in u["lrs"])}
+    picks = {m: c["lr"] for m, c in choose(complete, target["model_utility"]).items()}
+    for method, lr in picks.items():
+        logger.info("%s: lr %g chosen by the rule; seeds %s join the queue", method, lr,
+                    [s for s in u["seeds"] if s != u["grid_seed"]])
+    chosen.update(picks)
+    return plan.seed_jobs(picks)
 
 
 def mean_std(values: list[float | None]) -> dict:
@@ -598,15 +618,22 @@ def main(argv=None) -> int:
     if not plan.base.is_dir():
         raise SystemExit(f"base model not found at {plan.base}: run `make model` (asu-prepare-model prepare-smollm2)")
 
-    def phase(name: str, jobs: list[OUJob]) -> None:
+    if not args.report:
+        # one dependency graph: the grid's unlearning runs need only the target, so they run beside
+        # the retain model's build; a method's seeds join as soon as its grid is evaluated
+        name = {"build": "build", "grid": "build+grid"}.get(args.until, "build+grid+seeds")
+        with_seeds, chosen = name.endswith("seeds"), set()
+        record_elapsed = elapsed_recorder(work, name)
+
+        def on_done(record: dict) -> list[OUJob]:
+            record_elapsed(record)
+            return seed_jobs_ready(plan, chosen) if with_seeds else []
+
+        jobs = plan.build_jobs() + ([] if args.until == "build" else plan.grid_jobs())
+        jobs += seed_jobs_ready(plan, chosen) if with_seeds else []
         logger.info("phase %s: %d jobs (%d finished before), %d side by side", name, len(jobs),
                     sum(j.done for j in jobs), args.workers)
-        run_jobs(jobs, ou_dir, work / "logs", desc=name, workers=args.workers, on_done=elapsed_recorder(work, name))
-
-    if not args.report:
-        # the grid's unlearning runs need only the target, so they run beside the retain model's build
-        phase("build" if args.until == "build" else "build+grid",
-              plan.build_jobs() + ([] if args.until == "build" else plan.grid_jobs()))
+        run_jobs(jobs, ou_dir, work / "logs", desc=name, workers=args.workers, on_done=on_done)
         memorised = check_memorisation(load_summary(work / "evals" / "target"), load_summary(work / "evals" / "retain"))
         logger.info("memorisation: %s", memorised["text"])
         if not memorised["ok"]:
@@ -614,13 +641,6 @@ def main(argv=None) -> int:
                 f"the target does not memorise the forget authors enough: {memorised['text']}. Raise "
                 "SETTINGS['finetune'] epochs or lr in bench/mini_tofu.py, delete the work dir's models/, runs/ "
                 "and evals/, and run again.")
-        if args.until not in ("build", "grid"):
-            target = load_summary(work / "evals" / "target")
-            grid = {(m, lr): load_summary(work / "evals" / run_name(m, lr, SETTINGS["unlearn"]["grid_seed"]))
-                    for m in METHODS for lr in SETTINGS["unlearn"]["lrs"]}
-            chosen = choose(grid, target["model_utility"])
-            logger.info("chosen: %s", {m: c["lr"] for m, c in chosen.items()})
-            phase("seeds", plan.seed_jobs({m: c["lr"] for m, c in chosen.items()}))
     report = build_report(plan)
     out = Path(args.out)
     write_outputs(report, out, {**meta_info(ou_dir), "workers": args.workers})

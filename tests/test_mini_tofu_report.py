@@ -103,3 +103,22 @@ def test_no_verdict_before_every_seed_and_an_honest_one_after(mini_tofu, work, t
     assert "| ASU_KL | 0.0001 | 3 | 0.3 ± 0.1 | 0.47 ± 0 |" in markdown and "ASU does not beat" in markdown
     assert json.loads((out / "mini_tofu.json").read_text())["verdict"] == text
     assert (out / "mini_tofu_scatter.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_method_s_seeds_are_scheduled_once_its_whole_grid_is_evaluated(mini_tofu, work):
+    """The seeds phase starts per method while other grid runs still go on: each method once, only
+    with both of its grid evaluations in, and only once the target is shown to memorise."""
+    plan, chosen = mini_tofu.Plan(work, work / "no-base"), set()
+    shutil.rmtree(work / "evals" / mini_tofu.run_name("NPO", 1e-4, 0))  # NPO's grid is not finished
+    jobs = mini_tofu.seed_jobs_ready(plan, chosen)
+    assert {(j.meta["method"], j.meta["lr"], j.meta["seed"]) for j in jobs if j.meta["kind"] == "unlearn"} == {
+        (m, lr, seed) for m, lr in [("GradDiff", 2e-5), ("SimNPO", 1e-4), ("IDK", 2e-5), ("ASU_GD", 1e-4),
+                                    ("ASU_KL", 1e-4)] for seed in (1, 2)}
+    assert mini_tofu.seed_jobs_ready(plan, chosen) == []  # not twice
+    write_eval(work, mini_tofu.run_name("NPO", 1e-4, 0), 0.6, 0.2)
+    assert {j.name for j in mini_tofu.seed_jobs_ready(plan, chosen)} == {
+        "unlearn_NPO_lr2e-05_s1", "eval_NPO_lr2e-05_s1", "unlearn_NPO_lr2e-05_s2", "eval_NPO_lr2e-05_s2"}
+    write_eval(work, "target_unmemorised", 0.5, 0.5)
+    shutil.rmtree(work / "evals" / "target")
+    shutil.move(work / "evals" / "target_unmemorised", work / "evals" / "target")  # forget_quality 0.5
+    assert mini_tofu.seed_jobs_ready(plan, set()) == []

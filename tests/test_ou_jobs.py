@@ -123,3 +123,26 @@ def test_a_dependency_neither_finished_nor_scheduled_is_refused(ou, tmp_path):
     job = OUJob("job", "train", [], tmp_path / "runs" / "job", after=(missing,))
     with pytest.raises(ValueError, match="job needs missing, which has not finished"):
         run_jobs([job], ou, tmp_path / "logs")
+
+
+def test_jobs_returned_by_on_done_join_the_queue_while_others_run(ou, tmp_path):
+    """A study's next step (mini-TOFU's seeds of a method whose grid is evaluated) starts while
+    other jobs still run, and waits for what it reads."""
+    (ou / "src" / "train.py").write_text(SLOW_ENTRY)
+    runs = tmp_path / "runs"
+    quick = OUJob("quick", "train", ["sleep=0.2"], runs / "quick")
+    long = OUJob("long", "train", ["sleep=2"], runs / "long")
+    follow = OUJob("follow", "train", ["needs=quick"], runs / "follow", after=(quick,))
+    added = []
+
+    def next_step(record: dict) -> list[OUJob]:
+        more = [follow] if record["name"] == "quick" else []
+        added.extend(more)
+        return more
+
+    records = run_jobs([quick, long], ou, tmp_path / "logs", workers=2, on_done=next_step)
+    events = _events(tmp_path)
+    assert added == [follow] and follow.done
+    assert events.index("end quick") < events.index(next(e for e in events if e.startswith("start follow")))
+    assert events.index(next(e for e in events if e.startswith("start follow"))) < events.index("end long")
+    assert [r["name"] for r in records] == ["quick", "long", "follow"]

@@ -104,29 +104,38 @@ def run_job(job: OUJob, ou_dir: Path, log_dir: Path, env: Optional[dict] = None)
 
 
 def run_jobs(jobs: Sequence[OUJob], ou_dir: Path, log_dir: Path, desc: str = "jobs", workers: int = 1,
-             on_done: Optional[Callable[[dict], None]] = None) -> list[dict]:
+             on_done: Optional[Callable[[dict], Optional[Sequence[OUJob]]]] = None) -> list[dict]:
     """Run ``jobs`` (finished ones are kept), ``workers`` at a time, each once every job in its
     ``after`` has finished, in list order otherwise; a progress bar and a log line per job.
 
     With ``workers > 1`` each job gets ``cpu_count // workers`` threads, so the runs share the
     cores instead of fighting over them. On a failure no new job starts; the running ones
     finish (their results are kept), then the first JobFailed is raised. ``on_done(record)`` is
-    called after every finished job. Returns the done records in ``jobs`` order.
+    called after every job run here (not for kept ones); it may return more jobs, which join the
+    queue: a study's next step, chosen from results as they land, starts while the rest still
+    runs. Returns the done records of ``jobs`` and the added jobs, in that order.
     """
     from tqdm import tqdm
 
-    names = {id(job) for job in jobs}
-    for job in jobs:
-        for dep in job.after:
-            if id(dep) not in names and not dep.done:
-                raise ValueError(f"{job.name} needs {dep.name}, which has not finished and is not among the "
-                                 "jobs to run")
+    scheduled, names = [], set()
+
+    def schedule(more: Sequence[OUJob]) -> None:
+        names.update(id(job) for job in more)
+        for job in more:
+            for dep in job.after:
+                if id(dep) not in names and not dep.done:
+                    raise ValueError(f"{job.name} needs {dep.name}, which has not finished and is not among "
+                                     "the jobs to run")
+        scheduled.extend(more)
+        pending.extend(more)
+
     env = {}
     if workers > 1:
         threads = str(max(1, (os.cpu_count() or 1) // workers))
         env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     records: dict[int, dict] = {}
-    pending, running = list(jobs), {}
+    pending, running = [], {}
+    schedule(jobs)
     failure: Optional[JobFailed] = None
     with tqdm(total=len(jobs), desc=desc, unit="job") as bar, ThreadPoolExecutor(max(1, workers)) as pool:
         def finished(job: OUJob) -> bool:
@@ -156,8 +165,12 @@ def run_jobs(jobs: Sequence[OUJob], ou_dir: Path, log_dir: Path, desc: str = "jo
                 records[id(job)] = record
                 logger.info("%s %s (%.0f s)", "kept" if kept else "finished", job.name, record["wall_s"])
                 if on_done is not None and not kept:
-                    on_done(record)
+                    more = on_done(record) or []
+                    if more:
+                        schedule(more)
+                        bar.total += len(more)
+                        bar.refresh()
                 bar.update(1)
     if failure is not None:
         raise failure
-    return [records[id(job)] for job in jobs]
+    return [records[id(job)] for job in scheduled]
