@@ -510,23 +510,43 @@ def _one_line(text: str | None) -> str:
 
 
 def verdict(report: dict) -> str | None:
+    """The paper's claim checked in its three parts, each with its figures: the best ASU variant
+    (by mean forget_quality) forgets more than NPO and IDK, keeps model_utility at the rule's
+    floor, and answers at least as fluently as NPO and IDK. None until every row has all seeds."""
     rows = {r["method"]: r for r in report["table"]}
     if not rows or any(len(r["seeds"]) < len(SETTINGS["unlearn"]["seeds"]) for r in rows.values()):
         return None
+
+    def mean(method, key):
+        return rows[method][key]["mean"] or 0.0
+
     def fq(method):
-        return rows[method]["forget_quality"]["mean"] or 0.0
+        return mean(method, "forget_quality")
+
     best = max(rows, key=fq)
-    asu = max((m for m in rows if m.startswith("ASU")), key=fq, default=None)
-    others = {m: fq(m) for m in rows if not m.startswith("ASU")}
-    text = (f"Highest mean forget_quality: {best} ({fq(best):.3g}). Best ASU variant: {asu} ({fq(asu):.3g}); "
-            + ", ".join(f"{m} {v:.3g}" for m, v in others.items()) + ". ")
-    if asu and all(fq(asu) > v for v in others.values()):
-        text += "ASU forgets best in OU's forget_quality on this mini-TOFU."
-    else:
-        text += ("ASU does not beat every baseline here. Next to try: a higher tau (2.5-2.8, the paper's stable "
-                 "range) or smoothing only the shallow layers (the τ-probe, `asu-probe`, ranks (tau, layers) by "
-                 "factual/function separation on this model), and more epochs for its gamma=0.1 forget term.")
-    return text
+    asu = max((m for m in rows if m.startswith("ASU")), key=fq)
+    rivals = [m for m in ("NPO", "IDK") if m in rows]
+    floor = SETTINGS["utility_floor"] * report["models"]["target"]["model_utility"]
+    parts = {
+        "forgets more than " + " and ".join(rivals): all(fq(asu) > fq(m) for m in rivals),
+        f"keeps model_utility >= {floor:.3g}": mean(asu, "model_utility") >= floor,
+        "answers at least as fluently": all(mean(asu, "fluent_rate") >= mean(m, "fluent_rate") for m in rivals),
+    }
+    text = (f"Highest mean forget_quality: {best} ({fq(best):.3g}); "
+            + ", ".join(f"{m} {fq(m):.3g}" for m in rows if m != best) + ". "
+            f"Best ASU variant {asu}: model_utility {mean(asu, 'model_utility'):.3g}, fluent answers "
+            f"{mean(asu, 'fluent_rate'):.0%} (" + ", ".join(f"{m} {mean(m, 'fluent_rate'):.0%}" for m in rivals)
+            + "). " + "; ".join(f"{claim}: {'yes' if ok else 'no'}" for claim, ok in parts.items()) + ". ")
+    if all(parts.values()):
+        return text + "The paper's claim holds on this mini-TOFU."
+    text += "The paper's claim does not hold here as a whole. Next to try: "
+    if not parts["answers at least as fluently"]:
+        text += ("smooth only the shallow layers (at tau 2.3 on all layers this model's teacher ends its turn at "
+                 "once, so ASU learns empty answers; on layers 0-9 it answers fluently with wrong facts: see the "
+                 "teacher's sample answers) or a lower tau; ")
+    return text + ("a tau in the paper's stable range 2.0-2.8 chosen per layer set with the tau-probe "
+                   "(`asu-probe`, which ranks (tau, layers) by factual/function separation on this model), and more "
+                   "epochs for its gamma=0.1 forget term.")
 
 
 def plot_scatter(report: dict, path: Path) -> None:

@@ -26,7 +26,7 @@ def mini_tofu():
 
 
 def write_eval(work: Path, name: str, fq: float | None, mu: float, rouge: float = 0.5, cpu_s: float = 10.0,
-               meta: dict | None = None) -> None:
+               meta: dict | None = None, fluent: float = 1.0) -> None:
     out = work / "evals" / name
     out.mkdir(parents=True)
     generations = {str(i): {"input": f"system\nYou are SmolLM\nuser\nQuestion {i}?\nassistant\n",
@@ -38,6 +38,9 @@ def write_eval(work: Path, name: str, fq: float | None, mu: float, rouge: float 
         data["forget_quality"] = {"agg_value": fq}
     (out / "TOFU_EVAL.json").write_text(json.dumps(data))
     (out / ".asu_job_done.json").write_text(json.dumps({"wall_s": 20.0, "cpu_s": cpu_s, "meta": meta or {}}))
+    # asu_plugin.fluency's summary, as the report caches it (tests/test_fluency.py checks the scoring)
+    (out / "asu_fluency.json").write_text(json.dumps(
+        {"fluent_rate": fluent, "median_nll": 2.0, "mean_repetition": 0.0, "empty": 0, "n": 6}))
 
 
 # (method, lr) -> (model_utility, forget_quality per seed 0, 1, 2); the target's utility is 0.5,
@@ -54,6 +57,7 @@ GRID = {
 
 @pytest.fixture
 def work(tmp_path, mini_tofu):
+    (tmp_path / "models" / "retain").mkdir(parents=True)  # the fluency scorer (its scores are cached)
     write_eval(tmp_path, "target", 0.001, 0.5, rouge=0.9, cpu_s=100.0)
     write_eval(tmp_path, "retain", None, 0.5, rouge=0.3, cpu_s=50.0)
     for (method, lr), (mu, fqs) in GRID.items():
@@ -81,7 +85,9 @@ def test_seed_statistics_and_verdict(mini_tofu, work):
     assert rows["ASU_KL"]["seeds"] == [0, 1, 2] and rows["ASU_KL"]["model_utility"]["std"] == 0.0
     assert report["costs"]["cpu_s"] == {"build": 150.0, "grid": 120.0, "seeds": 120.0}
     text = mini_tofu.verdict(report)
-    assert text.startswith("Highest mean forget_quality: ASU_KL (0.3)") and "ASU forgets best" in text
+    assert text.startswith("Highest mean forget_quality: ASU_KL (0.3); ASU_GD 0.15, GradDiff 0.02")
+    assert ("forgets more than NPO and IDK: yes; keeps model_utility >= 0.45: yes; answers at least as fluently: "
+            "yes. The paper's claim holds") in text
     assert [s["answers"]["ASU_KL"] for s in report["samples"]] == [f"ASU_KL_lr0.0001_s0 answer {i}" for i in range(5)]
     assert report["samples"][0]["question"] == "Question 0?"
 
@@ -93,14 +99,20 @@ def test_no_verdict_before_every_seed_and_an_honest_one_after(mini_tofu, work, t
     (unfinished / ".asu_job_done.json").unlink()
     assert mini_tofu.verdict(mini_tofu.build_report(plan)) is None
     shutil.rmtree(unfinished)
-    write_eval(work, mini_tofu.run_name("GradDiff", 2e-5, 2), 2.0, 0.48)  # GradDiff now beats ASU
+    write_eval(work, mini_tofu.run_name("GradDiff", 2e-5, 2), 2.0, 0.48)  # GradDiff now beats ASU...
+    for seed in range(3):  # ...and ASU_KL answers less fluently than NPO (1.0) and IDK (1.0)
+        (work / "evals" / mini_tofu.run_name("ASU_KL", 1e-4, seed) / "asu_fluency.json").write_text(json.dumps(
+            {"fluent_rate": 0.1 * seed, "median_nll": 2.0, "mean_repetition": 0.0, "empty": 4, "n": 6}))
     report = mini_tofu.build_report(plan)
     text = mini_tofu.verdict(report)
-    assert text.startswith("Highest mean forget_quality: GradDiff") and "ASU does not beat every baseline" in text
+    assert text.startswith("Highest mean forget_quality: GradDiff")
+    assert "Best ASU variant ASU_KL: model_utility 0.47, fluent answers 10% (NPO 100%, IDK 100%)" in text
+    assert "forgets more than NPO and IDK: yes" in text and "answers at least as fluently: no" in text
+    assert "does not hold here as a whole. Next to try: smooth only the shallow layers" in text
     out = tmp_path / "out"
     mini_tofu.write_outputs(report, out, META)
     markdown = (out / "mini_tofu.md").read_text()
-    assert "| ASU_KL | 0.0001 | 3 | 0.3 ± 0.1 | 0.47 ± 0 |" in markdown and "ASU does not beat" in markdown
+    assert "| ASU_KL | 0.0001 | 3 | 0.3 ± 0.1 | 0.47 ± 0 |" in markdown and "does not hold here" in markdown
     assert json.loads((out / "mini_tofu.json").read_text())["verdict"] == text
     assert (out / "mini_tofu_scatter.png").read_bytes()[:4] == b"\x89PNG"
 
