@@ -224,16 +224,18 @@ def check_memorisation(target: dict, retain: dict) -> dict:
 
 
 def choose(grid: dict[tuple[str, float], dict], target_utility: float) -> dict[str, dict]:
-    """The fixed selection rule (module docstring), per method."""
+    """The fixed selection rule (module docstring), per method whose every grid lr is evaluated."""
     floor = SETTINGS["utility_floor"] * target_utility
     chosen = {}
     for method in METHODS:
         rows = [(lr, r) for (m, lr), r in grid.items() if m == method and r is not None]
+        if len(rows) < len(SETTINGS["unlearn"]["lrs"]):
+            continue
         ok = [(lr, r) for lr, r in rows if r["model_utility"] >= floor]
         if ok:
             lr, _ = max(ok, key=lambda item: (item[1]["forget_quality"] or 0.0, -item[0]))
             chosen[method] = {"lr": lr, "why": f"max forget_quality with model_utility >= {floor:.4f}"}
-        elif rows:
+        else:
             lr, _ = max(rows, key=lambda item: item[1]["model_utility"])
             chosen[method] = {"lr": lr, "why": f"no lr kept model_utility >= {floor:.4f}: max model_utility"}
     return chosen
@@ -247,10 +249,9 @@ def seed_jobs_ready(plan: Plan, chosen: set[str]) -> list[OUJob]:
     target, retain = load_summary(evals / "target"), load_summary(evals / "retain")
     if target is None or retain is None or not check_memorisation(target, retain)["ok"]:
         return []
-    grid = {(m, lr): load_summary(evals / run_name(m, lr, u["grid_seed"])) for m in METHODS for lr in u["lrs"]}
-    complete = {(m, lr): r for (m, lr), r in grid.items()
-                if m not in chosen and all(grid[m, other] is not None for other in u["lrs"])}
-    picks = {m: c["lr"] for m, c in choose(complete, target["model_utility"]).items()}
+    grid = {(m, lr): load_summary(evals / run_name(m, lr, u["grid_seed"]))
+            for m in METHODS if m not in chosen for lr in u["lrs"]}
+    picks = {m: c["lr"] for m, c in choose(grid, target["model_utility"]).items()}
     for method, lr in picks.items():
         logger.info("%s: lr %g chosen by the rule; seeds %s join the queue", method, lr,
                     [s for s in u["seeds"] if s != u["grid_seed"]])

@@ -74,6 +74,8 @@ def test_the_rule_picks_per_method(mini_tofu, work):
     assert "no lr kept model_utility >= 0.4500" in report["chosen"]["NPO"]["why"]
     assert report["memorisation"]["ok"] and report["memorisation"]["rouge_gap"] == pytest.approx(0.6)
     assert len(report["grid"]) == 12
+    shutil.rmtree(work / "evals" / mini_tofu.run_name("IDK", 1e-4, 0))  # half a grid: no pick yet
+    assert "IDK" not in mini_tofu.build_report(mini_tofu.Plan(work, work / "no-base"))["chosen"]
 
 
 def test_seed_statistics_and_verdict(mini_tofu, work):
