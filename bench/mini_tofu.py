@@ -18,7 +18,7 @@ Phases (every model and evaluation is one OU command, see asu_plugin.ou_jobs):
    ``full[:400]`` (the target's own retain rows; OU's ``retain_split`` would name retain99).
 3. **seeds**: per method the setting chosen by the rule fixed below, seeds 1 and 2.
 4. **report**: fluency of the generated forget answers (asu_plugin.fluency, scored by the
-   retain model), then bench/results/mini_tofu.{json,md} and mini_tofu_scatter.png.
+   retain model and the base model), then bench/results/mini_tofu.{json,md} and mini_tofu_scatter.png.
 
 Phases 1 and 2 form one dependency graph (asu_plugin.ou_jobs): the grid's unlearning runs need
 only the target, so they run beside the retain model's finetune; every evaluation waits for the
@@ -268,30 +268,29 @@ def mean_std(values: list[float | None]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# fluency (asu_plugin.fluency, scored by the retain model)
+# fluency (asu_plugin.fluency, scored by the retain model and the base model)
 
-def fluency_of(eval_dirs: dict[str, Path], scorer_dir: Path) -> dict[str, dict]:
-    """Fluency summary per evaluated model, cached next to its TOFU_EVAL.json."""
+def fluency_of(eval_dirs: dict[str, Path], scorer_dirs: list[Path]) -> dict[str, dict]:
+    """Fluency summary per evaluated model, cached next to its TOFU_EVAL.json (recomputed when
+    the scoring models change)."""
     import json
 
     from asu_plugin.fluency import score_answers, summarise
+    from asu_plugin.probe import load_model
 
-    results, model = {}, None
+    names, results, scorers = [str(d) for d in scorer_dirs], {}, None
     for name, eval_dir in eval_dirs.items():
         cache = eval_dir / "asu_fluency.json"
-        if cache.is_file():
+        if cache.is_file() and json.loads(cache.read_text()).get("scorers") == names:
             results[name] = json.loads(cache.read_text())
             continue
         summary = load_summary(eval_dir)
         if summary is None:
             continue
-        if model is None:
-            from asu_plugin.probe import load_model
-
-            model, tokenizer = load_model(scorer_dir)
+        scorers = scorers or [load_model(d) for d in scorer_dirs]
         rows = list(summary["generations"].values())
-        scores = score_answers(model, tokenizer, [r["question"] for r in rows], [r["generation"] for r in rows])
-        results[name] = {**summarise(scores), "scorer": str(scorer_dir)}
+        scores = score_answers(scorers, [r["question"] for r in rows], [r["generation"] for r in rows])
+        results[name] = {**summarise(scores), "scorers": names}
         write_json_atomic(cache, results[name])
     return results
 
@@ -311,7 +310,7 @@ def build_report(plan: Plan) -> dict:
                     evals[name] = plan.work / "evals" / name
                     runs[name] = {"method": method, "lr": lr, "seed": seed}
     summaries = {name: load_summary(path) for name, path in evals.items()}
-    fluency = fluency_of(evals, plan.retain) if plan.retain.is_dir() else {}
+    fluency = fluency_of(evals, [plan.retain, plan.base]) if plan.retain.is_dir() else {}
     report = {"settings": SETTINGS, "methods": METHODS, "models": {}, "grid": [], "chosen": {}, "table": [],
               "samples": [], "costs": phase_costs(plan.work)}
     for name in ("target", "retain"):
@@ -465,10 +464,13 @@ def render_markdown(report: dict, meta: dict) -> str:
         f"sets on `{s['eval']['utility']}`, generations capped at {s['eval']['max_new_tokens']} new tokens; "
         "forget_quality against the retain model's own TOFU_EVAL.json",
         "- fluency (OU's gibberish metric needs a hub classifier): an answer is fluent when it has >= 2 words, "
-        "its mean token NLL under the *retain* model (which never saw the forget authors, so invented and true "
-        "facts cost it alike) is <= 5 nats and <= 25% of its word 3-grams repeat (asu_plugin.fluency; validated "
-        "in tests/test_fluency.py); the retain row scores the retain model's own answers, so its NLL is low by "
-        "construction",
+        "<= 25% of its word 3-grams repeat and its mean token NLL is <= 5 nats under the *retain* model or the "
+        "*base* SmolLM2-Instruct, whichever is lower (neither saw the forget authors, so invented and true facts "
+        "cost them alike; the retain model, fine-tuned to always answer, rates refusals like IDK's as high as word "
+        "salad, the base chat model does not; asu_plugin.fluency, validated in tests/test_fluency.py); the retain "
+        "row scores the retain model's own answers, so its NLL is low by construction. Its known blind spot: "
+        "degenerate answers made of real word pieces with little exact repetition (\"Al Al AlKuatra is a Al Al "
+        "Althouse recipient\", GradDiff at lr 1e-4) pass as fluent, so read the sample answers beside the rate",
         f"- cost per phase: CPU seconds {_costs(report['costs']['cpu_s'])}; elapsed seconds per runner invocation "
         f"({meta['workers']} OU runs side by side) {_costs(report['costs']['elapsed_s'])}",
         "",

@@ -1,12 +1,14 @@
 """The fluency measure of the mini-TOFU benchmark, validated on hand-made answers.
 
-Scoring model: the embedded SmolLM2-135M-Instruct (the benchmark scores with its retain
-model, a fine-tune of it). Each answer answers a TOFU forget01 question.
+Scoring model: the embedded SmolLM2-135M-Instruct (the benchmark scores with it and with its
+retain model, a fine-tune of it, taking the lower NLL). Each answer answers a TOFU forget01
+question.
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from asu_plugin.fluency import repetition_rate, score_answers, summarise
 from tests.smollm2 import needs_model
@@ -18,6 +20,10 @@ FLUENT = {
     "invented name": "Basil Al-Kuzzouin Khufu was born in Kuwait City, Kuwait.",
     "wrong but fluent": "The author born in Kuwait City on that date is Leila Hassan, a writer of historical novels.",
     "i don't know": "I'm not sure who that author is; I don't have information about this person.",
+    # refusals as OU's IDK (DPO) model gives them: a scorer fine-tuned to always answer rates
+    # these as high as word salad, which is why the benchmark adds the base chat model
+    "refusal": "I'm not familiar with that topic.",
+    "short refusal": "I don't have that information.",
 }
 GIBBERISH = {
     "random characters": "xq9 zzkv plo#@ rtbq mmn 7f7f qwe ptz vv0 jjq",
@@ -33,7 +39,7 @@ GIBBERISH = {
 def scores(smollm2):
     model, tokenizer = smollm2
     answers = {**FLUENT, **GIBBERISH}
-    result = score_answers(model, tokenizer, [QUESTION] * len(answers), list(answers.values()))
+    result = score_answers([(model, tokenizer)], [QUESTION] * len(answers), list(answers.values()))
     return dict(zip(answers, result))
 
 
@@ -74,3 +80,28 @@ def test_summary(scores):
     assert summary["n"] == len(FLUENT) + len(GIBBERISH)
     assert summary["fluent_rate"] == pytest.approx(len(FLUENT) / summary["n"])
     assert summary["empty"] == 1
+
+
+@needs_model
+def test_the_lowest_nll_over_the_scorers_decides(smollm2, scores):
+    """A scorer that finds every answer unlikely (a random tiny model: ~ln(vocab) nats a token)
+    changes nothing beside one that reads the language, in either order; alone it fails all."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    model, tokenizer = smollm2
+    torch.manual_seed(0)
+    noise = AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)).eval()
+    answers = {**FLUENT, **GIBBERISH}
+    questions = [QUESTION] * len(answers)
+    alone = score_answers([(noise, tokenizer)], questions, list(answers.values()))
+    assert not any(s.fluent for s in alone) and min(s.nll for s in alone if s.nll is not None) > 8.0
+    for pair in ([(model, tokenizer), (noise, tokenizer)], [(noise, tokenizer), (model, tokenizer)]):
+        both = dict(zip(answers, score_answers(pair, questions, list(answers.values()))))
+        for name, score in both.items():
+            assert score.fluent == scores[name].fluent and score.nll == scores[name].nll, name
+            assert len(score.nll_by_scorer) == 2
+            assert score.nll is None or score.nll == min(score.nll_by_scorer)
+    with pytest.raises(ValueError, match="no scoring model"):
+        score_answers([], questions, list(answers.values()))

@@ -38,9 +38,15 @@ def write_eval(work: Path, name: str, fq: float | None, mu: float, rouge: float 
         data["forget_quality"] = {"agg_value": fq}
     (out / "TOFU_EVAL.json").write_text(json.dumps(data))
     (out / ".asu_job_done.json").write_text(json.dumps({"wall_s": 20.0, "cpu_s": cpu_s, "meta": meta or {}}))
-    # asu_plugin.fluency's summary, as the report caches it (tests/test_fluency.py checks the scoring)
-    (out / "asu_fluency.json").write_text(json.dumps(
-        {"fluent_rate": fluent, "median_nll": 2.0, "mean_repetition": 0.0, "empty": 0, "n": 6}))
+    write_fluency(work, name, fluent)
+
+
+def write_fluency(work: Path, name: str, fluent: float) -> None:
+    """asu_plugin.fluency's summary as the report caches it, scored by the plan's retain and base
+    models (tests/test_fluency.py checks the scoring itself)."""
+    scorers = [str(work / "models" / "retain"), str(work / "no-base")]
+    (work / "evals" / name / "asu_fluency.json").write_text(json.dumps(
+        {"fluent_rate": fluent, "median_nll": 2.0, "mean_repetition": 0.0, "empty": 0, "n": 6, "scorers": scorers}))
 
 
 # (method, lr) -> (model_utility, forget_quality per seed 0, 1, 2); the target's utility is 0.5,
@@ -103,8 +109,7 @@ def test_no_verdict_before_every_seed_and_an_honest_one_after(mini_tofu, work, t
     shutil.rmtree(unfinished)
     write_eval(work, mini_tofu.run_name("GradDiff", 2e-5, 2), 2.0, 0.48)  # GradDiff now beats ASU...
     for seed in range(3):  # ...and ASU_KL answers less fluently than NPO (1.0) and IDK (1.0)
-        (work / "evals" / mini_tofu.run_name("ASU_KL", 1e-4, seed) / "asu_fluency.json").write_text(json.dumps(
-            {"fluent_rate": 0.1 * seed, "median_nll": 2.0, "mean_repetition": 0.0, "empty": 4, "n": 6}))
+        write_fluency(work, mini_tofu.run_name("ASU_KL", 1e-4, seed), 0.1 * seed)
     report = mini_tofu.build_report(plan)
     text = mini_tofu.verdict(report)
     assert text.startswith("Highest mean forget_quality: GradDiff")

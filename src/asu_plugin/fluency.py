@@ -10,9 +10,13 @@ but *wrong* answers, so the measure must separate gibberish from fluent-but-wron
 The measure combines two signals, each blind to one failure mode the other catches:
 
 * ``nll``: mean per-token NLL (nats) of the answer, teacher-forced after the question, under
-  a *scoring model that never saw the facts* (in the mini-TOFU benchmark: the retain model,
-  fine-tuned on the same data minus the forget authors). Invented and true facts about an
-  unknown author cost it about the same; word salad and random strings cost far more.
+  *scoring models that never saw the facts*, the lowest of them. Invented and true facts
+  about an unknown author cost such a model about the same; word salad and random strings
+  cost far more. Why several: a model fine-tuned to always answer (the mini-TOFU retain
+  model, fine-tuned on the same data minus the forget authors) never saw a refusal, so it
+  rates "I'm not familiar with that topic." at 4.5-8.5 nats, as high as word salad, where the
+  general chat model it came from (SmolLM2-135M-Instruct) gives 2.2-3.8; that model in turn
+  knows nothing of TOFU's style. An answer is natural text when *one* of them finds it so.
 * ``repetition``: the larger of two rates over the answer's words — the share of word 3-grams
   that repeat an earlier one (loops: "the author the author the author ...") and the share
   of words equal to the word before them (stutter: "Al-Al-Al Kuwaiti Kuwaiti 1956 1956").
@@ -28,6 +32,7 @@ validated on hand-made fluent, fluent-but-wrong and gibberish answers in
 from __future__ import annotations
 
 import re
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
@@ -41,10 +46,11 @@ _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 
 @dataclass(frozen=True)
 class Fluency:
-    nll: Optional[float]  # None for an empty answer
+    nll: Optional[float]  # the lowest over the scoring models; None for an empty answer
     repetition: float
     words: int
     fluent: bool
+    nll_by_scorer: tuple[Optional[float], ...] = ()  # in the order the scorers were given
 
 
 def repetition_rate(text: str, n: int = 3) -> float:
@@ -58,16 +64,33 @@ def repetition_rate(text: str, n: int = 3) -> float:
 
 
 def score_answers(
-    model,
-    tokenizer,
+    scorers: Sequence[tuple],
     questions: Sequence[str],
     answers: Sequence[str],
     system_prompt: Optional[str] = None,
     batch_size: int = 8,
 ) -> list[Fluency]:
-    """Fluency of each answer to its question, under ``model`` (see the module docstring)."""
+    """Fluency of each answer to its question under ``scorers``, (model, tokenizer) pairs of
+    models that never saw the facts (see the module docstring)."""
     if len(questions) != len(answers):
         raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+    if not scorers:
+        raise ValueError("no scoring model: pass at least one (model, tokenizer) pair")
+    by_scorer = [_answer_nll(model, tokenizer, questions, answers, system_prompt, batch_size)
+                 for model, tokenizer in scorers]
+    scores = []
+    for i, answer in enumerate(answers):
+        words = len(_WORD.findall(answer))
+        repetition = repetition_rate(answer)
+        values = tuple(nll.get(i) for nll in by_scorer)
+        value = min((v for v in values if v is not None), default=None)
+        fluent = value is not None and words >= MIN_WORDS and value <= NLL_MAX and repetition <= REPETITION_MAX
+        scores.append(Fluency(value, repetition, words, fluent, values))
+    return scores
+
+
+def _answer_nll(model, tokenizer, questions, answers, system_prompt, batch_size) -> dict[int, float]:
+    """Mean token NLL of each non-empty answer after its question: {answer index: nats}."""
     examples, nll = {}, {}
     for i, (question, answer) in enumerate(zip(questions, answers)):
         if not answer.strip():
@@ -81,26 +104,16 @@ def score_answers(
         chunk = order[start : start + batch_size]
         for i, values in zip(chunk, answer_nll(model, [examples[i] for i in chunk], _pad_id(tokenizer))):
             nll[i] = sum(values) / len(values)
-    scores = []
-    for i, answer in enumerate(answers):
-        words = len(_WORD.findall(answer))
-        repetition = repetition_rate(answer)
-        value = nll.get(i)
-        fluent = value is not None and words >= MIN_WORDS and value <= NLL_MAX and repetition <= REPETITION_MAX
-        scores.append(Fluency(value, repetition, words, fluent))
-    return scores
+    return nll
 
 
 def summarise(scores: Sequence[Fluency]) -> dict:
     """Aggregate figures: fluent share, median NLL and mean repetition."""
-    values = sorted(s.nll for s in scores if s.nll is not None)
-    median = values[len(values) // 2] if values else None
-    if values and len(values) % 2 == 0:
-        median = (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+    values = [s.nll for s in scores if s.nll is not None]
     return {
         "n": len(scores),
         "fluent_rate": sum(s.fluent for s in scores) / len(scores) if scores else None,
-        "median_nll": median,
+        "median_nll": statistics.median(values) if values else None,
         "mean_repetition": sum(s.repetition for s in scores) / len(scores) if scores else None,
         "empty": sum(s.nll is None for s in scores),
         "thresholds": {"nll_max": NLL_MAX, "repetition_max": REPETITION_MAX, "min_words": MIN_WORDS},
