@@ -431,7 +431,9 @@ def elapsed_recorder(work: Path, run: str):
 
 
 def _costs(costs: dict) -> str:
-    return ", ".join(f"{k} {v:.0f}" for k, v in costs.items()) or "none yet"
+    total = sum(costs.values())
+    return ", ".join(f"{k} {v:.0f}" for k, v in costs.items()) + f" (total {total:.0f} = {total / 3600:.1f} h)" \
+        if costs else "none yet"
 
 
 def _f(stat: dict | float | None, digits: int = 3) -> str:
