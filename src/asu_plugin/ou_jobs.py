@@ -117,7 +117,7 @@ def run_jobs(jobs: Sequence[OUJob], ou_dir: Path, log_dir: Path, desc: str = "jo
     """
     from tqdm import tqdm
 
-    scheduled, names = [], set()
+    scheduled, names, pending = [], set(), []
 
     def schedule(more: Sequence[OUJob]) -> None:
         names.update(id(job) for job in more)
@@ -133,9 +133,9 @@ def run_jobs(jobs: Sequence[OUJob], ou_dir: Path, log_dir: Path, desc: str = "jo
     if workers > 1:
         threads = str(max(1, (os.cpu_count() or 1) // workers))
         env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    records: dict[int, dict] = {}
-    pending, running = [], {}
     schedule(jobs)
+    records: dict[int, dict] = {}
+    running = {}
     failure: Optional[JobFailed] = None
     with tqdm(total=len(jobs), desc=desc, unit="job") as bar, ThreadPoolExecutor(max(1, workers)) as pool:
         def finished(job: OUJob) -> bool:
