@@ -407,6 +407,8 @@ def phase_costs(work: Path) -> dict:
         phase = phase_of(record.get("meta", {}))
         for key, value in (("cpu_s", record.get("cpu_s", 0.0)), ("job_wall_s", record["wall_s"])):
             costs[key][phase] = costs[key].get(phase, 0.0) + value
+    for key in ("cpu_s", "job_wall_s"):  # in the order the phases run
+        costs[key] = {p: costs[key][p] for p in ("build", "grid", "seeds") if p in costs[key]}
     elapsed = work / ELAPSED
     costs["elapsed_s"] = json.loads(elapsed.read_text()) if elapsed.is_file() else {}
     return costs
