@@ -281,8 +281,9 @@ def fluency_of(eval_dirs: dict[str, Path], scorer_dirs: list[Path]) -> dict[str,
     names, results, scorers = [str(d) for d in scorer_dirs], {}, None
     for name, eval_dir in eval_dirs.items():
         cache = eval_dir / "asu_fluency.json"
-        if cache.is_file() and json.loads(cache.read_text()).get("scorers") == names:
-            results[name] = json.loads(cache.read_text())
+        cached = json.loads(cache.read_text()) if cache.is_file() else {}
+        if cached.get("scorers") == names:
+            results[name] = cached
             continue
         summary = load_summary(eval_dir)
         if summary is None:

@@ -142,7 +142,7 @@ def test_jobs_returned_by_on_done_join_the_queue_while_others_run(ou, tmp_path):
 
     records = run_jobs([quick, long], ou, tmp_path / "logs", workers=2, on_done=next_step)
     events = _events(tmp_path)
+    start_follow = events.index(next(e for e in events if e.startswith("start follow")))
     assert added == [follow] and follow.done
-    assert events.index("end quick") < events.index(next(e for e in events if e.startswith("start follow")))
-    assert events.index(next(e for e in events if e.startswith("start follow"))) < events.index("end long")
+    assert events.index("end quick") < start_follow < events.index("end long")
     assert [r["name"] for r in records] == ["quick", "long", "follow"]

@@ -165,7 +165,7 @@ def run_jobs(jobs: Sequence[OUJob], ou_dir: Path, log_dir: Path, desc: str = "jo
                 records[id(job)] = record
                 logger.info("%s %s (%.0f s)", "kept" if kept else "finished", job.name, record["wall_s"])
                 if on_done is not None and not kept:
-                    more = on_done(record) or []
+                    more = on_done(record)
                     if more:
                         schedule(more)
                         bar.total += len(more)
