@@ -60,10 +60,10 @@ matrix: $(CONSTRAINTS)
 	done
 
 model:
-	$(PY) -m asu_plugin.models prepare-smollm2
+	$(PY) -m asu_plugin.tools.models prepare-smollm2
 
 data:
-	$(PY) -m asu_plugin.ou_data link --ou-dir "$(OU_DIR)" --shared-dir "$(SHARED_DIR)"
+	$(PY) -m asu_plugin.openunlearning.data_links link --ou-dir "$(OU_DIR)" --shared-dir "$(SHARED_DIR)"
 
 test:
 	$(PY) -m pytest -q -rs tests
@@ -76,7 +76,7 @@ test-core:
 	done
 
 demo:
-	$(PY) -m asu_plugin.demo --ou-dir "$(OU_DIR)"
+	$(PY) -m asu_plugin.openunlearning.demo --ou-dir "$(OU_DIR)"
 
 bench-perf:
 	$(PY) bench/perf.py --out bench/results
@@ -91,7 +91,7 @@ bench-tofu:
 # continual unlearning, 3 forget01-sized blocks, teacher=original, on the mini-TOFU target when built
 CONTINUAL_MODEL ?= $(firstword $(wildcard $(HOME)/.cache/asu-plugin/mini_tofu/models/target/model.safetensors))
 bench-continual:
-	$(PY) -m asu_plugin.continual --steps 3 --teacher original --ou-dir "$(OU_DIR)" \
+	$(PY) -m asu_plugin.openunlearning.continual --steps 3 --teacher original --ou-dir "$(OU_DIR)" \
 	  --model $(if $(CONTINUAL_MODEL),$(dir $(CONTINUAL_MODEL)),$(HOME)/.cache/asu-plugin/models/SmolLM2-135M-Instruct) \
 	  --work $(HOME)/.cache/asu-plugin/continual --utility-split 'train[:8]' --max-new-tokens 32
 	mkdir -p bench/results/continual && cp $(HOME)/.cache/asu-plugin/continual/continual.{json,md,png} bench/results/continual/

@@ -7,7 +7,7 @@ a CPU, with a real pretrained model (issue 7). Resumable: run it again and it go
     python bench/mini_tofu.py --dry-run        # print every OU command, run nothing
     python bench/mini_tofu.py --report         # rewrite the results from what has finished
 
-Phases (every model and evaluation is one OU command, see asu_plugin.ou_jobs):
+Phases (every model and evaluation is one OU command, see asu_plugin.openunlearning.jobs):
 
 1. **build**: SmolLM2-135M-Instruct fine-tuned with OU's finetune path on 440 TOFU QA (the 20
    authors of ``retain_perturbed`` = rows 0-399 of ``full``, and the 2 forget01 authors = rows
@@ -17,10 +17,10 @@ Phases (every model and evaluation is one OU command, see asu_plugin.ou_jobs):
 2. **grid**: every method x 2 learning rates, seed 0, unlearning forget01 with the retain set
    ``full[:400]`` (the target's own retain rows; OU's ``retain_split`` would name retain99).
 3. **seeds**: per method the setting chosen by the rule fixed below, seeds 1 and 2.
-4. **report**: fluency of the generated forget answers (asu_plugin.fluency, scored by the
+4. **report**: fluency of the generated forget answers (asu_plugin.tools.fluency, scored by the
    retain model and the base model), then bench/results/mini_tofu.{json,md} and mini_tofu_scatter.png.
 
-Phases 1 and 2 form one dependency graph (asu_plugin.ou_jobs): the grid's unlearning runs need
+Phases 1 and 2 form one dependency graph (asu_plugin.openunlearning.jobs): the grid's unlearning runs need
 only the target, so they run beside the retain model's finetune; every evaluation waits for the
 retain model's log. A method's seeds join the same queue as soon as its own grid is evaluated
 (the rule reads only that method's grid), so no core waits for the slowest method's grid.
@@ -49,8 +49,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
-from asu_plugin.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
-from asu_plugin.ou_jobs import OUJob, run_jobs  # noqa: E402
+from asu_plugin.core.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
+from asu_plugin.openunlearning.jobs import OUJob, run_jobs  # noqa: E402
 
 logger = logging.getLogger("mini_tofu")
 
@@ -268,15 +268,15 @@ def mean_std(values: list[float | None]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# fluency (asu_plugin.fluency, scored by the retain model and the base model)
+# fluency (asu_plugin.tools.fluency, scored by the retain model and the base model)
 
 def fluency_of(eval_dirs: dict[str, Path], scorer_dirs: list[Path]) -> dict[str, dict]:
     """Fluency summary per evaluated model, cached next to its TOFU_EVAL.json (recomputed when
     the scoring models change)."""
     import json
 
-    from asu_plugin.fluency import score_answers, summarise
-    from asu_plugin.probe import load_model
+    from asu_plugin.tools.fluency import score_answers, summarise
+    from asu_plugin.tools.probe import load_model
 
     names, results, scorers = [str(d) for d in scorer_dirs], {}, None
     for name, eval_dir in eval_dirs.items():
@@ -354,7 +354,7 @@ def teacher_answers(plan: Plan, questions: list[str]) -> list[dict]:
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
     if cached.get("questions") == questions:
         return cached["answers"]
-    from asu_plugin.probe import load_model, run_generate
+    from asu_plugin.tools.probe import load_model, run_generate
 
     model, tokenizer = load_model(plan.target)
     rows = run_generate(model, tokenizer, questions, [TEACHER_SETTINGS["tau"]], TEACHER_SETTINGS["layers"],
@@ -472,7 +472,7 @@ def render_markdown(report: dict, meta: dict) -> str:
         "<= 25% of its word 3-grams repeat and its mean token NLL is <= 5 nats under the *retain* model or the "
         "*base* SmolLM2-Instruct, whichever is lower (neither saw the forget authors, so invented and true facts "
         "cost them alike; the retain model, fine-tuned to always answer, rates refusals like IDK's as high as word "
-        "salad, the base chat model does not; asu_plugin.fluency, validated in tests/test_fluency.py); the retain "
+        "salad, the base chat model does not; asu_plugin.tools.fluency, validated in tests/test_fluency.py); the retain "
         "row scores the retain model's own answers, so its NLL is low by construction. Its known blind spot: "
         "degenerate answers made of real word pieces with little exact repetition (\"Al Al AlKuatra is a Al Al "
         "Althouse recipient\", GradDiff at lr 1e-4) pass as fluent, so read the sample answers beside the rate",
@@ -610,7 +610,7 @@ def meta_info(ou_dir: Path) -> dict:
     import transformers
 
     from asu_plugin import __version__
-    from asu_plugin.registration import ou_commit
+    from asu_plugin.openunlearning.registration import ou_commit
 
     return {"versions": f"torch {torch.__version__}, transformers {transformers.__version__}, asu_plugin "
                         f"{__version__}, OpenUnlearning {ou_commit(ou_dir)}",

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
-from asu_plugin.atomic import write_text_atomic  # noqa: E402  (after the path set-up)
+from asu_plugin.core.atomic import write_text_atomic  # noqa: E402  (after the path set-up)
 
 DEFAULT_OU_DIR = "~/.cache/asu-plugin/open-unlearning"
 DEFAULT_MODEL = "~/.cache/asu-plugin/models/SmolLM2-135M-Instruct"
@@ -161,13 +161,13 @@ def import_ou():
     if str(src) not in sys.path:
         sys.path.insert(0, str(src))
     try:
-        from asu_plugin.registration import register
+        from asu_plugin.openunlearning.registration import register
 
         register()
-        import asu_plugin.trainers  # noqa: F401
+        import asu_plugin.openunlearning.trainers  # noqa: F401
         from trainer.unlearn.npo import NPO  # noqa: F401
     except Exception as error:  # noqa: BLE001  (reported, sections skipped)
-        return False, f"importing OpenUnlearning / asu_plugin.trainers failed: {type(error).__name__}: {error}"
+        return False, f"importing OpenUnlearning / asu_plugin.openunlearning.trainers failed: {type(error).__name__}: {error}"
     return True, ""
 
 
@@ -234,8 +234,8 @@ def make_batch(vocab: int, batch: int, seq: int, prompt: int, seed: int = 0):
 def two_copies_class():
     """ASU_KL in the authors' layout: a separate smoothed-teacher copy besides the reference."""
     import torch
-    from asu_plugin.smoothing import smoothed_attention
-    from asu_plugin.trainers import ASU_KL
+    from asu_plugin.core.smoothing import smoothed_attention
+    from asu_plugin.openunlearning.trainers import ASU_KL
 
     class ASU_KL_TwoCopies(ASU_KL):
         def __init__(self, *args, **kwargs):
@@ -255,7 +255,7 @@ def build_trainer(name: str, model, dataset, collator, batch: int, workdir: str)
     from transformers import TrainingArguments
     from trainer.unlearn.npo import NPO
 
-    from asu_plugin.trainers import ASU_GD, ASU_KL
+    from asu_plugin.openunlearning.trainers import ASU_GD, ASU_KL
 
     args = TrainingArguments(
         output_dir=workdir, per_device_train_batch_size=batch, learning_rate=1e-5, report_to=[],
@@ -331,8 +331,8 @@ class PassCounter:
 @contextlib.contextmanager
 def counting_token_kl():
     """Count calls of the token_kl object the trainers module imported (and restore it)."""
-    import asu_plugin.loss as loss_module
-    import asu_plugin.trainers as trainers_module
+    import asu_plugin.core.loss as loss_module
+    import asu_plugin.openunlearning.trainers as trainers_module
 
     original = trainers_module.token_kl
     calls = {"n": 0, "is_loss_token_kl": original is loss_module.token_kl}
@@ -355,7 +355,7 @@ def counting_token_kl():
 def point_teacher(cfg, spec):
     import torch
 
-    from asu_plugin.smoothing import smoothed_attention
+    from asu_plugin.core.smoothing import smoothed_attention
 
     tcfg = cfg["teacher"]
     models = {backend: load_model(cfg, backend).eval() for backend in tcfg["backends"]}
@@ -507,7 +507,7 @@ def point_step_rss(cfg, spec):
 
 def naive_token_kl(student_logits, target_logits, labels):
     """The naive form: log_softmax of the full (B, T, V) fp32 student and target logits,
-    elementwise KL, then the answer mask (same reduction as asu_plugin.loss.token_kl)."""
+    elementwise KL, then the answer mask (same reduction as asu_plugin.core.loss.token_kl)."""
     import torch.nn.functional as F
 
     log_student = F.log_softmax(student_logits.float(), dim=-1)
@@ -521,16 +521,16 @@ def naive_token_kl(student_logits, target_logits, labels):
 
 
 def measured_token_kl():
-    """The token_kl the trainers use (asu_plugin.trainers' import) when OU is importable."""
-    import asu_plugin.loss as loss_module
+    """The token_kl the trainers use (asu_plugin.openunlearning.trainers' import) when OU is importable."""
+    import asu_plugin.core.loss as loss_module
 
     ok, reason = import_ou()
     if not ok:
-        return loss_module.token_kl, f"asu_plugin.loss.token_kl (trainers not importable: {reason})"
-    import asu_plugin.trainers as trainers_module
+        return loss_module.token_kl, f"asu_plugin.core.loss.token_kl (trainers not importable: {reason})"
+    import asu_plugin.openunlearning.trainers as trainers_module
 
     same = trainers_module.token_kl is loss_module.token_kl
-    return trainers_module.token_kl, f"asu_plugin.trainers.token_kl (is asu_plugin.loss.token_kl: {same})"
+    return trainers_module.token_kl, f"asu_plugin.openunlearning.trainers.token_kl (is asu_plugin.core.loss.token_kl: {same})"
 
 
 def loss_inputs(cfg, seq):
@@ -775,7 +775,7 @@ def machine_info(threads) -> dict:
     import torch
     import transformers
 
-    from asu_plugin.registration import ou_commit
+    from asu_plugin.openunlearning.registration import ou_commit
 
     try:
         import asu_plugin
@@ -1064,7 +1064,7 @@ def why_notes(report) -> list[str]:
             if explained > goal_limit(report, "teacher_sdpa"):
                 rest = (f"That fixed cost alone makes {explained:.3f}x here: it matters only for forwards shorter "
                         f"than ~{fixed / (goal_limit(report, 'teacher_sdpa') - 1):.0f} ms (cause: ours, the per-op "
-                        "dispatch of asu_plugin.temperature_mode).")
+                        "dispatch of asu_plugin.core.temperature_mode).")
             else:
                 rest = (f"That fixed cost explains at most {explained:.3f}x; the rest of the ratio is run-to-run "
                         "variation on this shared 2-core machine (see the IQR), which neither the kernels nor the "
@@ -1093,7 +1093,7 @@ def why_notes(report) -> list[str]:
         elif name.startswith("forget-loss memory"):
             notes.append(
                 f"**{name}**: {goal['text']}. Both forms must produce the (B, T, V) gradient of the logits; "
-                "the rest of ours is the per-chunk work of asu_plugin.loss (_CHUNK_ELEMENTS / V rows x V, several "
+                "the rest of ours is the per-chunk work of asu_plugin.core.loss (_CHUNK_ELEMENTS / V rows x V, several "
                 "fp32 temporaries in _row_kl and in backward), which does not shrink with T: a smaller "
                 "chunk or in-place temporaries would lower it (cause: ours, asu_plugin/loss.py)."
             )

@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from asu_plugin.atomic import write_text_atomic  # noqa: E402
+from asu_plugin.core.atomic import write_text_atomic  # noqa: E402
 
 TESTS = [
     "tests/core/test_bad_input.py",
@@ -55,7 +55,7 @@ def render(rows: list[dict], seconds: float) -> str:
     import torch
     import transformers
 
-    from asu_plugin.registration import ou_commit
+    from asu_plugin.openunlearning.registration import ou_commit
 
     counts = {k: sum(r["result"] == k for r in rows) for k in ("passed", "failed", "skipped")}
     lines = [

@@ -20,7 +20,7 @@ _collected = {"ou": 0}
 @pytest.fixture(scope="session")
 def smollm2():
     """(model, tokenizer) of the embedded SmolLM2, loaded once; tests using it carry needs_model."""
-    from asu_plugin.probe import load_model
+    from asu_plugin.tools.probe import load_model
     from tests.smollm2 import MODEL_DIR
 
     return load_model(MODEL_DIR)

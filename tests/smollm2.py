@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from asu_plugin.models import default_model_dir, is_complete
+from asu_plugin.tools.models import default_model_dir, is_complete
 
 MODEL_DIR = default_model_dir()
 HAVE_MODEL = is_complete(MODEL_DIR) or (MODEL_DIR / "config.json").is_file()

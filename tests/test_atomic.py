@@ -14,7 +14,7 @@ import pytest
 
 WRITER = """
 import sys
-from asu_plugin.atomic import write_json_atomic
+from asu_plugin.core.atomic import write_json_atomic
 payload = "x" * 4_000_000  # large enough that a write takes milliseconds
 i = 0
 while True:

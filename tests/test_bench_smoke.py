@@ -1,4 +1,4 @@
-"""Smoke test of bench/perf.py --quick, and proof that the ASU trainers use asu_plugin.loss.token_kl.
+"""Smoke test of bench/perf.py --quick, and proof that the ASU trainers use asu_plugin.core.loss.token_kl.
 
 No timed assertions: the benchmark is the measure (`make bench-perf`). These tests only keep
 the benchmark from rotting: it runs, writes perf.json / perf.md with the expected keys and
@@ -132,8 +132,8 @@ def test_asu_trainers_call_loss_token_kl(monkeypatch, tmp_path):
     perf = load_bench("perf")
     ok, reason = perf.import_ou()
     assert ok, reason
-    import asu_plugin.loss as loss_module
-    import asu_plugin.trainers as trainers_module
+    import asu_plugin.core.loss as loss_module
+    import asu_plugin.openunlearning.trainers as trainers_module
 
     assert trainers_module.token_kl is loss_module.token_kl
     calls = []

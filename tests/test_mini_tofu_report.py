@@ -42,7 +42,7 @@ def write_eval(work: Path, name: str, fq: float | None, mu: float, rouge: float 
 
 
 def write_fluency(work: Path, name: str, fluent: float) -> None:
-    """asu_plugin.fluency's summary as the report caches it, scored by the plan's retain and base
+    """asu_plugin.tools.fluency's summary as the report caches it, scored by the plan's retain and base
     models (tests/test_fluency.py checks the scoring itself)."""
     scorers = [str(work / "models" / "retain"), str(work / "no-base")]
     (work / "evals" / name / "asu_fluency.json").write_text(json.dumps(

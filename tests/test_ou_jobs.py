@@ -1,4 +1,4 @@
-"""asu_plugin.ou_jobs: a finished job is never redone, an interrupted one is redone from scratch.
+"""asu_plugin.openunlearning.jobs: a finished job is never redone, an interrupted one is redone from scratch.
 
 The jobs here run a stand-in ``src/train.py`` (a few lines of Python that behave like an OU
 entry point: Hydra-style ``key=value`` arguments, outputs in ``paths.output_dir``); the real OU
@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from asu_plugin.ou_jobs import DONE, JobFailed, OUJob, run_job, run_jobs
+from asu_plugin.openunlearning.jobs import DONE, JobFailed, OUJob, run_job, run_jobs
 
 ENTRY = textwrap.dedent("""
     import os, sys

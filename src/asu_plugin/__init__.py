@@ -1,17 +1,20 @@
 """Attention Smoothing Unlearning (ASU) for OpenUnlearning.
 
-Public API (framework-independent: torch + transformers only):
+Three parts (docs/architecture.md):
 
-* :func:`smoothed_attention` — context manager running a model's attention at temperature tau;
-* :func:`token_kl` — KL(target || student) on answer tokens, averaged per sample;
-* :class:`SmoothingError` — raised for every refusal, with the fix in the message;
-* :func:`register` — put ASU trainers into OpenUnlearning's registry (needs OU's ``src``).
+* :mod:`asu_plugin.core` — framework-independent (torch + transformers): which attention to
+  smooth, the temperature mode, :func:`smoothed_attention`, :func:`token_kl`, :class:`SmoothingError`;
+* :mod:`asu_plugin.openunlearning` — the OU integration: trainers, :func:`register`, run records,
+  resume, runners for OU's scripts;
+* :mod:`asu_plugin.tools` — research tools: the tau-probe, the fluency measure, model preparation.
+
+Public API: :func:`smoothed_attention`, :func:`token_kl`, :func:`check_smoothing_args`,
+:class:`SmoothingError`, and :func:`register` (puts the ASU trainers into OU's registry; needs
+OU's ``src``).
 """
 
-from .errors import SmoothingError
-from .loss import token_kl
-from .registration import register  # imports OpenUnlearning only when called
-from .smoothing import check_smoothing_args, smoothed_attention
+from .core import SmoothingError, check_smoothing_args, smoothed_attention, token_kl
+from .openunlearning.registration import register  # imports OpenUnlearning only when called
 
 __version__ = "0.1.0"
 

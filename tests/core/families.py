@@ -92,7 +92,7 @@ def head_dim(model) -> int:
 
 
 def attention_modules(model):
-    from asu_plugin.selection import find_attention_layout
+    from asu_plugin.core.selection import find_attention_layout
 
     return find_attention_layout(model).modules
 

@@ -7,7 +7,7 @@ import math
 import torch
 import transformers
 
-from asu_plugin.loss import answer_nll, drop_first_answer_token
+from asu_plugin.core.loss import answer_nll, drop_first_answer_token
 
 
 def _tiny_llama():

@@ -10,7 +10,7 @@ import transformers
 from torch import nn
 
 from asu_plugin import SmoothingError, smoothed_attention
-from asu_plugin.selection import select
+from asu_plugin.core.selection import select
 
 from .families import build, padded_batch
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from asu_plugin import token_kl
-from asu_plugin import loss as loss_module
+from asu_plugin.core import loss as loss_module
 
 
 def _double_loop(student, target, labels):

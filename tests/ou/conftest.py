@@ -2,8 +2,8 @@
 
 Everything OU runs in a subprocess, exactly as a user would (``python src/train.py ...`` in
 the OU checkout, with this venv's python), offline: the datasets come from the project's
-mirror (linked into the checkout by ``asu_plugin.ou_data``), the model from the SmolLM2
-directory made by ``python -m asu_plugin.models prepare-smollm2``. Outputs go to pytest's
+mirror (linked into the checkout by ``asu_plugin.openunlearning.data_links``), the model from the SmolLM2
+directory made by ``python -m asu_plugin.tools.models prepare-smollm2``. Outputs go to pytest's
 temporary directory (``hydra.run.dir=...``), never into the OU checkout.
 
 One ASU_KL run (``kl_run``) is shared by the tests that inspect a trained model.
@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from asu_plugin.openunlearning.environment import OFFLINE_ENV as OFFLINE  # noqa: F401  (for the tests)
+from asu_plugin.openunlearning.environment import ou_dir as configured_ou_dir
+from asu_plugin.openunlearning.process import ou_script_args, run_in_ou
+
 from .overrides import CPU_TRAIN, IDK_ON_CPU  # noqa: F401  (re-exported for the tests)
 
-OU_DIR = Path(os.environ.get("OU_DIR") or "~/.cache/asu-plugin/open-unlearning").expanduser()
+OU_DIR = configured_ou_dir()
 PROBE = Path(__file__).with_name("ou_probe.py")
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 KL_STEPS = 10
+# what every OU subprocess of the tests gets on top of the job environment
+TEST_ENV = {"HYDRA_FULL_ERROR": "0", "CUDA_VISIBLE_DEVICES": ""}
 
 
 @dataclass
@@ -61,7 +64,7 @@ def ou_dir() -> Path:
 @pytest.fixture(scope="session")
 def ou_data(ou_dir) -> Path:
     """Link the offline TOFU / MUSE mirror into the OU checkout (idempotent)."""
-    from asu_plugin.ou_data import default_mirror, link_offline_data
+    from asu_plugin.openunlearning.data_links import default_mirror, link_offline_data
 
     mirror = default_mirror()
     if mirror is None:
@@ -74,14 +77,15 @@ def ou_data(ou_dir) -> Path:
 def model_dir() -> Path:
     path = Path(os.environ.get("ASU_MODEL_DIR") or "~/.cache/asu-plugin/models/SmolLM2-135M-Instruct").expanduser()
     if not (path / "config.json").is_file():
-        pytest.skip(f"SmolLM2 not prepared at {path}: run `python -m asu_plugin.models prepare-smollm2`")
+        pytest.skip(f"SmolLM2 not prepared at {path}: run `python -m asu_plugin.tools.models prepare-smollm2`")
     return path
 
 
-def _env() -> dict:
-    env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
+def env() -> dict:
+    """The environment of an OU subprocess started by a test: os.environ + the job environment."""
+    from asu_plugin.openunlearning.environment import JOB_ENV
+
+    return {**os.environ, **JOB_ENV, "PYTHONUNBUFFERED": "1", **TEST_ENV}
 
 
 @pytest.fixture(scope="session")
@@ -89,15 +93,11 @@ def run_ou(ou_dir):
     """run_ou("train.py", *overrides, run_dir=..., check=True) -> OURun (cwd = OU_DIR)."""
 
     def run(script: str, *overrides: str, run_dir: Path | None = None, check: bool = True, timeout: int = 900):
-        args = [sys.executable, f"src/{script}", *overrides]
-        if run_dir is not None:
-            args += [f"hydra.run.dir={run_dir}", f"paths.output_dir={run_dir}"]
-        done = subprocess.run(
-            args, cwd=ou_dir, env=_env(), capture_output=True, text=True, timeout=timeout, check=False
-        )
-        result = OURun(args, done.returncode, done.stdout + done.stderr, run_dir, done.stdout)
+        args = ou_script_args(script, overrides, run_dir=run_dir)
+        done = run_in_ou(args, ou_dir, capture=True, env=TEST_ENV, timeout=timeout)
+        result = OURun(done.argv, done.returncode, done.output, run_dir, done.stdout)
         if check and done.returncode != 0:
-            pytest.fail(f"{' '.join(args[1:])} failed ({done.returncode}):\n{result.tail()}")
+            pytest.fail(f"{' '.join(args)} failed ({done.returncode}):\n{result.tail()}")
         return result
 
     return run
@@ -108,13 +108,10 @@ def probe(ou_dir, ou_data):
     """probe(*args) -> dict: runs tests/ou/ou_probe.py in OU_DIR (OU imported there, not here)."""
 
     def run(*args: str, timeout: int = 900) -> dict:
-        done = subprocess.run(
-            [sys.executable, str(PROBE), *args], cwd=ou_dir, env=_env(),
-            capture_output=True, text=True, timeout=timeout, check=False,
-        )
+        done = run_in_ou([PROBE, *args], ou_dir, capture=True, env=TEST_ENV, timeout=timeout)
         lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE_JSON ")]
         if done.returncode != 0 or not lines:
-            pytest.fail(f"ou_probe {' '.join(args)} failed ({done.returncode}):\n{(done.stdout + done.stderr)[-6000:]}")
+            pytest.fail(f"ou_probe {' '.join(args)} failed ({done.returncode}):\n{done.output[-6000:]}")
         return json.loads(lines[-1][len("PROBE_JSON "):])
 
     return run

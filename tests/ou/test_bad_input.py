@@ -82,10 +82,10 @@ def test_register_without_openunlearning_says_how(tmp_path, reliability):
 def test_registration_idempotent(probe):
     result = probe("registry")
     assert result["added"] == ["ASU_GD", "ASU_IDK", "ASU_KL"]
-    assert result["model_handler"] == "asu_plugin.teacher_model.ASUSmoothedTeacher"
+    assert result["model_handler"] == "asu_plugin.openunlearning.teacher_model.ASUSmoothedTeacher"
     assert result["size_first"] == result["size_second"] == result["size_after_reload"]
     assert result["same_class"] is True
-    assert result["classes"] == {name: f"asu_plugin.trainers.{name}" for name in ("ASU_GD", "ASU_IDK", "ASU_KL")}
+    assert result["classes"] == {name: f"asu_plugin.openunlearning.trainers.asu.{name}" for name in ("ASU_GD", "ASU_IDK", "ASU_KL")}
     providers = [provider for provider, _ in result["search_path"]]
     assert providers.count("asu-plugin") == 1  # not appended twice
 

@@ -1,4 +1,4 @@
-"""Continual unlearning (python -m asu_plugin.continual) through OU's real train.py / eval.py.
+"""Continual unlearning (python -m asu_plugin.openunlearning.continual) through OU's real train.py / eval.py.
 
 Two steps on 2-question blocks (the runner's --block-rows; the real study uses forget01-sized
 blocks of 40) with teacher=original: each step starts from the previous model, ASU's frozen
@@ -8,13 +8,14 @@ model is the original, and every step is scored by OU's TOFU evaluator on all bl
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from asu_plugin.continual import ContinualError, block_slice, check_args, parser
+from asu_plugin.openunlearning.continual import ContinualError, block_slice, check_args, parser
+
+from .conftest import env
 
 pytestmark = pytest.mark.slow
 
@@ -46,12 +47,11 @@ def test_missing_model_dir(tmp_path):
 @pytest.fixture(scope="module")
 def continual_run(ou_dir, ou_data, tiny_model_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("continual")
-    argv = [sys.executable, "-m", "asu_plugin.continual", "--model", str(tiny_model_dir), "--teacher", "original",
+    argv = [sys.executable, "-m", "asu_plugin.openunlearning.continual", "--model", str(tiny_model_dir), "--teacher", "original",
             "--steps", "2", "--block-rows", "2", "--work", str(work), "--ou-dir", str(ou_dir),
             "--utility-split", "train[:2]", "--max-new-tokens", "8",
             "--override", "trainer.args.per_device_train_batch_size=2"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False, env=env())
     assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
     return work
 

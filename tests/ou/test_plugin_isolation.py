@@ -62,7 +62,7 @@ def test_searchpath_lists_our_configs(tmp_path):
 def test_other_ou_commit_warns_naming_both(tmp_path):
     import warnings
 
-    from asu_plugin import registration
+    from asu_plugin.openunlearning import registration
 
     env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)

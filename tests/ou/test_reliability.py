@@ -19,9 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from asu_plugin.run_record import weights_fingerprint
+from asu_plugin.openunlearning.run_record import weights_fingerprint
 
-from .conftest import CPU_TRAIN, _env, model_overrides
+from .conftest import CPU_TRAIN, env, model_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +82,7 @@ def test_kill_9_mid_run_leaves_loadable_checkpoints(ou_dir, ou_data, tiny_model_
     args = [sys.executable, "src/train.py", *_train_args(tiny_model_dir, "trainer.args.max_steps=400",
             "trainer.args.save_strategy=steps", "++trainer.args.save_steps=1", "task_name=killed"),
             f"hydra.run.dir={run_dir}", f"paths.output_dir={run_dir}"]
-    process = subprocess.Popen(args, cwd=ou_dir, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    process = subprocess.Popen(args, cwd=ou_dir, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     deadline = time.time() + 300
     while not (run_dir / "checkpoint-3" / "trainer_state.json").is_file():
@@ -137,7 +137,7 @@ def test_two_processes_match_one(ou_dir, ou_data, tiny_model_dir, tmp_path, run_
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
             "src/train.py", *[a for a in common if "per_device_train_batch_size" not in a],
             "trainer.args.per_device_train_batch_size=2", f"hydra.run.dir={two}", f"paths.output_dir={two}"]
-    done = subprocess.run(args, cwd=ou_dir, env=_env(), capture_output=True, text=True, timeout=900, check=False)
+    done = subprocess.run(args, cwd=ou_dir, env=env(), capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     a, b = _losses(one), _losses(two)
     epochs = [json.loads((d / "trainer_state.json").read_text())["log_history"][0]["epoch"] for d in (one, two)]

@@ -45,7 +45,7 @@ def register_if_openunlearning() -> bool:
         logger.debug("asu-plugin: OpenUnlearning's trainer package not loaded; nothing to register")
         return False
     try:
-        from asu_plugin.registration import register
+        from asu_plugin.openunlearning.registration import register
 
         register(ou_trainer)
     except ImportError as error:

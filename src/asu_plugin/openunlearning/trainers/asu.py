@@ -20,7 +20,6 @@ This module imports OU (``trainer.unlearn.grad_diff``): it is importable only wh
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import os
@@ -29,9 +28,9 @@ import torch
 from transformers import Trainer
 from trainer.unlearn.grad_diff import GradDiff  # OpenUnlearning
 
-from . import resume, run_record
-from .loss import answer_nll, drop_first_answer_token, token_kl
-from .smoothing import check_smoothing_args, smoothed_attention
+from .. import resume, run_record
+from ...core.loss import answer_nll, drop_first_answer_token, token_kl
+from ...core.smoothing import check_smoothing_args, smoothed_attention
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +47,11 @@ _TRAINER_KWARGS = frozenset(inspect.signature(Trainer.__init__).parameters) | {
 
 
 def _plain(value):
-    """OmegaConf ListConfig -> list, so settings are JSON-able and hashable downstream."""
+    """OmegaConf ListConfig -> list, so settings are JSON-able and hashable downstream. Values are
+    kept as given: ``layers=[1.5]`` must reach the selection's non-integer error, not become 1."""
     if value is None or isinstance(value, (str, int, float)):
         return value
-    return [int(v) if isinstance(v, (int, float)) else v for v in value]
+    return list(value)
 
 
 def _ranges(indices) -> str:
@@ -78,7 +78,7 @@ def _load_teacher(path: str, student):
     return AutoModelForCausalLM.from_pretrained(path, torch_dtype=student.dtype, attn_implementation=backend)
 
 
-class ASUTrainer(GradDiff):
+class ASUTrainer(resume.ExactResumeMixin, GradDiff):
     """Shared part of the ASU trainers: settings, frozen model, teacher pass, losses, logging,
     run record, resume. Subclasses choose the retain term (``RETAIN_LOSS_TYPE``: NLL or KL)
     and may extend the forget term (``compute_forget_loss``, as ASU_IDK does).
@@ -216,20 +216,31 @@ class ASUTrainer(GradDiff):
         return self.retain_nll(model, retain_inputs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if model.training and isinstance(self.train_dataset, resume.RngTrackedDataset) and self.train_dataset.pending:
-            self.train_dataset.pending.popleft()  # this batch is being trained on
+        if model.training:
+            self.mark_batch_trained()
         forget, retain = self._batches(inputs)
         forget_loss, forget_outputs, parts = self.compute_forget_loss(model, forget)
         retain_loss = self.compute_retain_loss(model, retain)
         loss = self.gamma * forget_loss + self.alpha * retain_loss
-        if not torch.isfinite(loss.detach()):
-            detail = ", ".join(f"{key}={float(value)}" for key, value in {**parts, "retain_loss": retain_loss}.items())
-            raise FloatingPointError(
-                f"{type(self).__name__}: loss is {loss.item()} ({detail}) at step {self.state.global_step}; "
-                "try fp32 / bf16 instead of fp16, or a lower learning rate"
-            )
-        self._accumulate(**parts, retain_loss=retain_loss)
+        parts = {**parts, "retain_loss": retain_loss}
+        self._check_finite(loss, parts)
+        if model.training:  # evaluation batches must not leak into the logged training terms
+            self._accumulate(**parts)
         return (loss, forget_outputs) if return_outputs else loss
+
+    def _check_finite(self, loss, parts) -> None:
+        """Raise on a non-finite loss — on every rank at once: a rank that raised alone would
+        leave the others waiting in the next all-reduce for ever."""
+        bad = torch.tensor(0.0 if torch.isfinite(loss.detach()) else 1.0, device=loss.device)
+        if self.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bad.item():
+            detail = ", ".join(f"{key}={float(value)}" for key, value in parts.items())
+            where = "" if torch.isfinite(loss.detach()) else f" ({detail})"
+            raise FloatingPointError(
+                f"{type(self).__name__}: loss is not finite on some rank{where} at step "
+                f"{self.state.global_step}; try fp32 / bf16 instead of fp16, or a lower learning rate"
+            )
 
     # ---- logging: forget_kl / retain_loss beside OU's loss ------------------------------
 
@@ -264,46 +275,6 @@ class ASUTrainer(GradDiff):
             "smoothed_layers": _ranges(self._selection.layers),
         }
 
-    # ---- exact resume: the RNG state before the next batch (see resume.RngTrackedDataset) -------
-
-    @contextlib.contextmanager
-    def _tracked_rng(self, resuming):
-        original = self.train_dataset
-        if original is None:
-            yield
-            return
-        self.train_dataset = resume.RngTrackedDataset(original)
-        if resuming:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            checkpoint = get_last_checkpoint(self.args.output_dir) if resuming is True else str(resuming)
-            path = self._rng_file(checkpoint)
-            if os.path.isfile(path):  # our own file: numpy / python objects, hence weights_only=False
-                self.train_dataset.restore = torch.load(path, weights_only=False)
-                self._asu_own_rng = True
-            # no file: the checkpoint ends an epoch (nothing prefetched), where transformers'
-            # own state, restored before the next epoch's first fetch, is exact
-        try:
-            yield
-        finally:
-            self.train_dataset = original
-            self._asu_own_rng = False
-
-    def _rng_file(self, checkpoint_dir: str) -> str:
-        rank = f"_{self.args.process_index}" if self.args.world_size > 1 else ""
-        return os.path.join(checkpoint_dir, resume.RNG_STATE_NAME.format(rank=rank))
-
-    def _load_rng_state(self, checkpoint):
-        if getattr(self, "_asu_own_rng", False):
-            return  # ours is (or was) restored right before the first fetch; transformers' is past it
-        return super()._load_rng_state(checkpoint)
-
-    def _save_rng_state(self, output_dir):
-        super()._save_rng_state(output_dir)
-        dataset = self.train_dataset
-        if isinstance(dataset, resume.RngTrackedDataset) and dataset.pending:  # a batch was fetched ahead
-            torch.save(dataset.pending[0], self._rng_file(output_dir))
-
     def _write_record(self, status: str, **extra) -> None:
         if self.is_world_process_zero():
             extra = {**getattr(self, "_record_extra", {}), **extra}
@@ -315,21 +286,18 @@ class ASUTrainer(GradDiff):
         OU saves the model only after train() returns). Resumes when
         ``trainer.args.resume_from_checkpoint`` is set (a checkpoint dir, or true)."""
         output_dir = self.args.output_dir
-        if not args and kwargs.get("resume_from_checkpoint") is None and self.args.resume_from_checkpoint:
-            # OU's train.py calls train() without it: honour trainer.args.resume_from_checkpoint
-            kwargs["resume_from_checkpoint"] = resume.resume_target(self.args.resume_from_checkpoint)
-            logger.info("%s: resuming from %s", type(self).__name__, kwargs["resume_from_checkpoint"])
+        kwargs = self.resume_kwargs(args, kwargs)
         if self.is_world_process_zero():
             os.makedirs(output_dir, exist_ok=True)
             run_record.clear_failure_marker(output_dir)
+        resuming = kwargs.get("resume_from_checkpoint") or (args and args[0])
         self._record_extra = {
             "frozen_fingerprint": run_record.weights_fingerprint(self.ref_model),
-            "resumed_from": str(kwargs["resume_from_checkpoint"]) if kwargs.get("resume_from_checkpoint") else None,
+            "resumed_from": str(resuming) if resuming else None,
         }
         self._write_record("training")
         try:
-            resuming = kwargs.get("resume_from_checkpoint") or (args and args[0])
-            with resume.checkpoint_rng_globals() if resuming else contextlib.nullcontext(), self._tracked_rng(resuming):
+            with self.exact_resume(resuming):
                 result = super().train(*args, **kwargs)
         except BaseException as error:
             if self.is_world_process_zero():

@@ -14,26 +14,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from .registration import ou_dir as default_ou_dir
+from .environment import ou_dir as default_ou_dir
+from .process import run_in_ou
 
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-log = logging.getLogger("asu_plugin.demo")
+log = logging.getLogger("asu_plugin.openunlearning.demo")
 MAIN_FIGURES = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_ROUGE", "privleak")
 
 
-def _run(step: str, command: list[str], cwd: Path) -> None:
-    log.info("%s: %s", step, " ".join(command))
-    start = time.time()
-    result = subprocess.run(command, cwd=cwd, env={**os.environ, **OFFLINE_ENV}, check=False)
-    if result.returncode != 0:
-        sys.exit(f"[demo] {step} failed (exit {result.returncode}); see the output above")
-    log.info("%s done in %.0f s", step, time.time() - start)
+def _run(step: str, args: list[str], cwd: Path) -> None:
+    log.info("%s: python %s", step, " ".join(args))
+    done = run_in_ou(args, cwd)
+    if done.returncode != 0:
+        sys.exit(f"[demo] {step} failed (exit {done.returncode}); see the output above")
+    log.info("%s done in %.0f s", step, done.wall_s)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,14 +44,13 @@ def main(argv: list[str] | None = None) -> None:
     if not (ou / "src" / "train.py").is_file():
         sys.exit(f"[demo] OpenUnlearning not found at {ou}: run `make install` or set OU_DIR to your checkout")
     if not (ou / "locuslab" / "TOFU").exists():
-        sys.exit(f"[demo] TOFU is not linked into {ou}: run `python -m asu_plugin.ou_data link` (or `make install`)")
+        sys.exit(f"[demo] TOFU is not linked into {ou}: run `python -m asu_plugin.openunlearning.data_links link` (or `make install`)")
 
-    python = sys.executable
     model_dir = ou / "saves" / "unlearn" / args.task_name
     _run(
         "unlearning (ASU_KL, tau 2.3, SmolLM2-135M-Instruct, TOFU forget01)",
         [
-            python, "src/train.py", "--config-name=unlearn.yaml", "experiment=unlearn/tofu/asu_cpu",
+            "src/train.py", "--config-name=unlearn.yaml", "experiment=unlearn/tofu/asu_cpu",
             f"task_name={args.task_name}", f"trainer.args.num_train_epochs={args.epochs}",
         ],
         ou,
@@ -63,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     _run(
         "OU's TOFU evaluation of the unlearned model",
         [
-            python, "src/eval.py", "experiment=eval/tofu/asu_cpu", f"task_name={args.task_name}_eval",
+            "src/eval.py", "experiment=eval/tofu/asu_cpu", f"task_name={args.task_name}_eval",
             f"model.model_args.pretrained_model_name_or_path={model_dir}",
             f"model.tokenizer_args.pretrained_model_name_or_path={model_dir}",
             f"asu_eval_split='{args.eval_split}'",  # quoted: Hydra's grammar reads [ ] as a list

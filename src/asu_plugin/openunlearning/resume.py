@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def resume_target(value):
@@ -101,3 +104,65 @@ class RngTrackedDataset(torch.utils.data.Dataset):
         if name in ("dataset", "pending", "restore"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+class ExactResumeMixin:
+    """A transformers ``Trainer`` mixin (put it before the Trainer class): honours
+    ``trainer.args.resume_from_checkpoint`` (OU's train.py does not pass it) and saves / restores
+    the RNG state from before the prefetched batch (:class:`RngTrackedDataset`), so a resumed
+    run draws exactly the retain rows the uninterrupted one drew."""
+
+    def resume_kwargs(self, args, kwargs) -> dict:
+        """``train()``'s kwargs with ``resume_from_checkpoint`` taken from the training args."""
+        kwargs = dict(kwargs)
+        if not args and kwargs.get("resume_from_checkpoint") is None and self.args.resume_from_checkpoint:
+            kwargs["resume_from_checkpoint"] = resume_target(self.args.resume_from_checkpoint)
+            logger.info("%s: resuming from %s", type(self).__name__, kwargs["resume_from_checkpoint"])
+        return kwargs
+
+    def mark_batch_trained(self) -> None:
+        """Call at the start of each training step: the oldest prefetched batch is being trained on."""
+        dataset = self.train_dataset
+        if isinstance(dataset, RngTrackedDataset) and dataset.pending:
+            dataset.pending.popleft()
+
+    @contextlib.contextmanager
+    def exact_resume(self, resuming):
+        """Around ``Trainer.train``: track the RNG per batch; when resuming, allow transformers'
+        RNG file and restore our own state right before the first fetch."""
+        original = self.train_dataset
+        if original is None:
+            yield
+            return
+        self.train_dataset = RngTrackedDataset(original)
+        if resuming:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir) if resuming is True else str(resuming)
+            path = self._rng_file(checkpoint)
+            if os.path.isfile(path):  # our own file: numpy / python objects, hence weights_only=False
+                self.train_dataset.restore = torch.load(path, weights_only=False)
+                self._asu_own_rng = True
+            # no file: the checkpoint ends an epoch (nothing prefetched), where transformers'
+            # own state, restored before the next epoch's first fetch, is exact
+        try:
+            with checkpoint_rng_globals() if resuming else contextlib.nullcontext():
+                yield
+        finally:
+            self.train_dataset = original
+            self._asu_own_rng = False
+
+    def _rng_file(self, checkpoint_dir: str) -> str:
+        rank = f"_{self.args.process_index}" if self.args.world_size > 1 else ""
+        return os.path.join(checkpoint_dir, RNG_STATE_NAME.format(rank=rank))
+
+    def _load_rng_state(self, checkpoint):
+        if getattr(self, "_asu_own_rng", False):
+            return  # ours is (or was) restored right before the first fetch; transformers' is past it
+        return super()._load_rng_state(checkpoint)
+
+    def _save_rng_state(self, output_dir):
+        super()._save_rng_state(output_dir)
+        dataset = self.train_dataset
+        if isinstance(dataset, RngTrackedDataset) and dataset.pending:  # a batch was fetched ahead
+            torch.save(dataset.pending[0], self._rng_file(output_dir))

@@ -12,7 +12,7 @@ make every TOFU / MUSE config of OU resolve offline with no config edit. The mir
 any directory laid out like the hub (``<org>/<dataset>/`` with a README.md ``configs:``
 block), e.g. the project's ``../shared/data/hf``.
 
-    python -m asu_plugin.ou_data link [--ou-dir DIR] [--mirror DIR | --shared-dir DIR]
+    python -m asu_plugin.openunlearning.data_links link [--ou-dir DIR] [--mirror DIR | --shared-dir DIR]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from .registration import ou_dir as default_ou_dir
+from .environment import ou_dir as default_ou_dir
 
 logger = logging.getLogger(__name__)
 

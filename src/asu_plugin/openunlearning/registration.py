@@ -17,46 +17,19 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
 
+from .environment import DEFAULT_OU_DIR, OU_PINNED_COMMIT, ou_commit, ou_dir
+
 logger = logging.getLogger(__name__)
 
-#: The OpenUnlearning commit the plugin is written and tested against.
-OU_PINNED_COMMIT = "d3d7cf9"
-DEFAULT_OU_DIR = "~/.cache/asu-plugin/open-unlearning"
 TRAINER_NAMES = ("ASU_GD", "ASU_KL", "ASU_IDK")
 
 
 class OpenUnlearningNotFound(ImportError):
     """OU's ``src/`` is not importable (no ``trainer`` package on ``sys.path``)."""
-
-
-def ou_dir() -> Path:
-    """The OpenUnlearning checkout named by ``$OU_DIR`` (default ``~/.cache/asu-plugin/open-unlearning``)."""
-    return Path(os.environ.get("OU_DIR") or DEFAULT_OU_DIR).expanduser()
-
-
-def ou_commit(directory: str | os.PathLike | None = None) -> str | None:
-    """Full commit hash of the OU checkout at ``directory`` (or the imported one); None if unknown."""
-    if directory is None:
-        trainer = sys.modules.get("trainer")
-        source = getattr(trainer, "__file__", None)
-        directory = Path(source).resolve().parents[2] if source else ou_dir()
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(directory), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = result.stdout.strip()
-    return commit if result.returncode == 0 and commit else None
 
 
 _checked_commits: set = set()
@@ -146,7 +119,7 @@ def register(trainer_module=None) -> dict:
         raise RuntimeError(
             f"OpenUnlearning's `trainer` package ({getattr(ou_trainer, '__file__', '?')}) has no "
             "TRAINER_REGISTRY dict: its API changed. asu-plugin is written against OU commit "
-            f"{OU_PINNED_COMMIT}; check out that commit or update asu_plugin.registration."
+            f"{OU_PINNED_COMMIT}; check out that commit or update asu_plugin.openunlearning.registration."
         )
     from . import trainers  # imports OU's GradDiff: only possible once OU is importable
 
