@@ -66,7 +66,7 @@ data:
 	$(PY) -m asu_plugin.openunlearning.data_links link --ou-dir "$(OU_DIR)" --shared-dir "$(SHARED_DIR)"
 
 test:
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs --durations=15 tests
 	$(MAKE) --no-print-directory test-core
 
 test-core:

@@ -5,7 +5,7 @@ Used by tests/ou in a subprocess, so OU's top-level packages (``trainer``, ``dat
 
 * ``loss``: builds an ASU trainer exactly as OU's train.py does (our configs composed by
   Hydra, OU's get_model / get_data / load_trainer), then on the first batch: the loss vs an
-  independent recomputation, forget KL at tau = 1 and at the configured tau, which object
+  recomputation with the core functions (a wiring check), forget KL at tau = 1 and at the configured tau, which object
   the teacher and reference passes ran on, how many model copies exist; then trains one
   step and checks the frozen copy is bitwise unchanged.
 * ``after MODEL_DIR``: forget KL (to the smoothed original) and forget-answer NLL of the
@@ -136,7 +136,7 @@ def probe_loss(method: str, model_dir: str, output_dir: str, train: bool = True)
     hook.remove()
     asu_trainers.smoothed_attention = original_context
 
-    # independent recomputation: a fresh copy of the original model as teacher / reference
+    # recomputation with the core functions (wiring; their numerics are tested in tests/core): a fresh copy of the original model as teacher / reference
     forget, retain = batch["forget"], batch["retain"]
     original = fresh_model(model_dir).eval()
     tau, gamma, alpha = trainer.tau, trainer.gamma, trainer.alpha
