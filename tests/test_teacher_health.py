@@ -56,7 +56,7 @@ def test_health_warning_fires_on_a_broken_teacher_not_on_a_healthy_one(smollm2, 
     rows = forget_rows(tokenizer, forget01[:4])
     common = {"decode": _decode(tokenizer), "eos_ids": [tokenizer.eos_token_id], "pad_id": tokenizer.pad_token_id}
     broken = health_check(model, rows, (8.0, None), **common)
-    assert broken["problem"].startswith("3 of 4 greedy answers of the teacher are not fluent"), broken
+    assert broken["problem"].startswith("3 of 4 greedy answers of the teacher are not fluent:"), broken
     assert broken["not_fluent_rate"] == 0.75
     healthy = health_check(model, rows, (1.5, "0-4"), **common)
     assert healthy["problem"] is None and healthy["not_fluent_rate"] == 0, healthy

@@ -223,8 +223,9 @@ def health_check(model, rows: Sequence[ForgetRow], teacher: tuple, *, decode, eo
     bad = sum(not a["fluent"] for a in per)
     problem = None
     if bad > n / 2:
-        what = "end their turn at once" if empty > n / 2 else "loop" if looping > n / 2 else "are not fluent"
-        problem = (f"{bad} of {n} greedy answers of the teacher are not fluent, most {what} ({empty} empty or "
+        what = ("most end their turn at once" if empty > n / 2 else "most loop" if looping > n / 2
+                else "empty, looping or gibberish")
+        problem = (f"{bad} of {n} greedy answers of the teacher are not fluent: {what} ({empty} empty or "
                    f"without a word, {looping} looping, {bad - empty - looping} too short or gibberish)")
     return {
         "checked": True,
