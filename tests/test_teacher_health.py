@@ -144,3 +144,16 @@ def test_choice_cache_is_reused_and_invalidated(tiny, tmp_path):
         assert json.loads(next(tmp_path.glob("*.json")).read_text())["schema"] == "asu-teacher-choice/1"
     finally:
         hook.remove()
+
+
+def test_probe_choose_cli_refuses_with_the_rules_message(tiny, tmp_path, monkeypatch, capsys):
+    from asu_plugin.tools.probe import main
+
+    model, tokenizer = tiny
+    model.save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    monkeypatch.setenv("ASU_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["--choose", "--model", str(tmp_path / "tiny"), "--out", str(tmp_path / "out"), "-q"]) == 3
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: no candidate teacher passes the automatic choice (20 screened, 0 generated)")
+    assert len(list((tmp_path / "cache" / "teacher_choice").glob("*.json"))) == 1
