@@ -53,7 +53,8 @@ def token_classes(tokenizer, row: ForgetRow, question: Optional[str], special_id
     tokens), with character spans from decoding the tokens one by one. ``question`` None (text
     without a question): every content word is factual."""
     special = set(int(i) for i in special_ids)
-    pieces = ["" if t in special else tokenizer.decode([t]) for t in row.answer]
+    end = next((k for k, t in enumerate(row.answer) if t in special), len(row.answer))
+    pieces = [tokenizer.decode([t]) for t in row.answer[:end]]
     spans, at = [], 0
     for piece in pieces:
         spans.append((at, at + len(piece)))
@@ -61,22 +62,29 @@ def token_classes(tokenizer, row: ForgetRow, question: Optional[str], special_id
     text = "".join(pieces)
     mode = FACTUAL_MODES[0] if question is not None else FACTUAL_MODES[1]
     classes = classify_answer_tokens(text, spans, question or "", mode)
-    return tuple("special" if t in special else c for t, c in zip(row.answer, classes))
+    tail = tuple("special" if t in special else "template" for t in row.answer[end:])
+    return tuple(classes) + tail
 
 
-def rows_key(rows: Sequence[ForgetRow]) -> str:
-    """A hash of the forget rows as the choice sees them (ids, classes, gold texts)."""
+def rows_key(rows: Sequence[ForgetRow], special_ids: Sequence[int]) -> str:
+    """A hash of the forget rows as the choice sees them: prompt, answer up to its first special
+    token (the template tail after it changes no figure, and OU and ``asu-probe --choose`` end it
+    differently), word classes, gold text."""
+    special = set(int(i) for i in special_ids)
     digest = hashlib.sha256()
     for row in rows:
-        digest.update(json.dumps([row.prompt, row.answer, row.classes, row.gold_text]).encode())
+        end = next((k + 1 for k, t in enumerate(row.answer) if t in special), len(row.answer))
+        classes = None if row.classes is None else row.classes[:end]
+        digest.update(json.dumps([row.prompt, row.answer[:end], classes, row.gold_text]).encode())
     return digest.hexdigest()
 
 
-def cache_key(model_fingerprint: str, rows: Sequence[ForgetRow], grid: Sequence[Candidate], rule: Rule) -> str:
+def cache_key(model_fingerprint: str, rows: Sequence[ForgetRow], grid: Sequence[Candidate], rule: Rule,
+              special_ids: Sequence[int] = ()) -> str:
     payload = {
         "schema": SCHEMA,
         "model": model_fingerprint,
-        "rows": rows_key(rows),
+        "rows": rows_key(rows, special_ids),
         "candidates": [c.key for c in grid],
         "rule": rule.as_dict(),
     }
@@ -129,7 +137,7 @@ def choose_teacher(
         raise TeacherChoiceError("the forget set is empty: there is nothing to choose a teacher on")
     rows = list(rows[: rule.screen_rows])
     grid = candidates(find_attention_layout(model).num_layers, tau, layers)
-    key = cache_key(model_fingerprint, rows, grid, rule) if model_fingerprint else None
+    key = cache_key(model_fingerprint, rows, grid, rule, special_ids) if model_fingerprint else None
     path = (Path(cache_dir) if cache_dir else default_cache_dir()) / f"{key}.json" if key else None
     if path is not None and path.is_file():
         record = json.loads(path.read_text())
