@@ -145,7 +145,7 @@ def candidates(num_layers: int, tau=None, layers=None) -> list[Candidate]:
                 unique.append((name, ids))
         sets = unique
     else:
-        sets = [("given", tuple(sorted(set(int(i) for i in layers))))]
+        sets = [("configured", tuple(sorted(set(int(i) for i in layers))))]
     return [Candidate(float(t), ids, name) for t in taus for name, ids in sets]
 
 
