@@ -147,7 +147,7 @@ def choose_teacher(
             raise TeacherChoiceError(record["refused"])
         return record
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     eot = int(eos_ids[0]) if eos_ids else None
     measured = teacher_forced_figures(
         model, rows, [(c.tau, list(c.layers)) for c in grid], special_ids, eot_id=eot, pad_id=pad_id,
@@ -182,8 +182,7 @@ def choose_teacher(
     try:
         choice, finalists = decide(screened, generate, rule)
     except TeacherChoiceError as error:
-        record.update(refused=str(error), cost_s={"screen": round(screen_s, 1),
-                                                  "total": round(time.perf_counter() - start, 1)})
+        record.update(refused=str(error), cost_s=_cost(screen_s, start, cpu_start))
         if path is not None:
             write_json_atomic(path, record)
         raise
@@ -191,11 +190,17 @@ def choose_teacher(
     record["choice"] = {"tau": choice.candidate.tau, "layers": choice.candidate.layers_arg,
                         "layer_set": choice.candidate.name, "key": choice.candidate.key,
                         "figures": _short(choice.figures)}
-    record["cost_s"] = {"screen": round(screen_s, 1), "total": round(time.perf_counter() - start, 1)}
+    record["cost_s"] = _cost(screen_s, start, cpu_start)
     if path is not None:
         write_json_atomic(path, record)
     record["cache"] = {"hit": False, "path": str(path) if path else None}
     return record
+
+
+def _cost(screen_s: float, start: float, cpu_start: float) -> dict:
+    """Wall seconds of the screen and in all, and the process's CPU seconds (all threads)."""
+    return {"screen": round(screen_s, 1), "total": round(time.perf_counter() - start, 1),
+            "cpu": round(time.process_time() - cpu_start, 1)}
 
 
 def _short(figures: dict) -> dict:

@@ -174,7 +174,8 @@ def resolve(trainer, tau, layers, health: bool) -> dict:
             "%d candidates screened; %s)", record["choice"]["key"], record["choice"]["layer_set"],
             record["choice"]["figures"]["removal"], record["choice"]["figures"]["function_damage"],
             len(record["candidates"]),
-            "from the cache" if record["cache"]["hit"] else f"{cost.get('total', 0):.0f} s",
+            "from the cache" if record["cache"]["hit"]
+            else f"{cost.get('total', 0):.0f} s, {cost.get('cpu', 0):.0f} CPU-s",
         )
         extra["teacher_choice"] = record
     if health:
