@@ -157,3 +157,14 @@ def test_probe_choose_cli_refuses_with_the_rules_message(tiny, tmp_path, monkeyp
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: no candidate teacher passes the automatic choice (20 screened, 0 generated)")
     assert len(list((tmp_path / "cache" / "teacher_choice").glob("*.json"))) == 1
+
+
+def test_rows_from_ou_labels_tell_questions_from_plain_text():
+    from asu_plugin.core.teacher_health import rows_from_labels
+
+    qa = rows_from_labels([1, 5, 6, 7, 8, 2], [-100, -100, -100, 7, 8, 2])
+    assert qa.prompt == (1, 5, 6) and qa.answer == (7, 8, 2) and qa.has_question
+    text = rows_from_labels([9, 5, 6, 7], [-100, 5, 6, 7])  # OU's pretraining items (MUSE, WMDP)
+    assert text.prompt == () and text.answer == (9, 5, 6, 7) and not text.has_question
+    with pytest.raises(ValueError, match="no answer tokens"):
+        rows_from_labels([1, 2], [-100, -100])

@@ -59,18 +59,16 @@ class ForgetRow:
 
 def rows_from_labels(input_ids: Sequence[int], labels: Sequence[int]) -> ForgetRow:
     """A :class:`ForgetRow` from an OU-style item: ``labels`` is ``IGNORE_INDEX`` on the prompt
-    and equals ``input_ids`` on the answer (``labels`` on every token: a text without prompt)."""
+    and equals ``input_ids`` on the answer. Labels from the first or second token on (OU's
+    pretraining items) make a text row without a question."""
     input_ids, labels = list(input_ids), list(labels)
     answer_at = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
     if not answer_at:
         raise ValueError("a forget row has no answer tokens (every label is -100): it cannot teach anything")
     start = answer_at[0]
-    prompt = tuple(input_ids[:start])
-    if start == 0:  # pretraining-style text: the first token has no logit predicting it
-        prompt, answer = (), tuple(input_ids[: answer_at[-1] + 1])
-    else:
-        answer = tuple(input_ids[start : answer_at[-1] + 1])
-    return ForgetRow(prompt=prompt, answer=answer)
+    if start <= 1:  # plain text (MUSE, WMDP): OU labels every token but the first, which nothing predicts
+        return ForgetRow(prompt=(), answer=tuple(input_ids[: answer_at[-1] + 1]))
+    return ForgetRow(prompt=tuple(input_ids[:start]), answer=tuple(input_ids[start : answer_at[-1] + 1]))
 
 
 def special_token_ids(tokenizer) -> list[int]:
