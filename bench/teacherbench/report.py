@@ -184,8 +184,12 @@ def markdown(report: dict) -> str:
             if choice.get("refused"):
                 lines += [f"**Automatic choice:** refused: {choice['refused']}", ""]
             else:
-                lines += [f"**Automatic choice (`tau=auto layers=auto`):** {choice['choice']['key']}, "
-                          f"{choice['cost_s']['total']:.0f} s{' (cached)' if choice.get('cache', {}).get('hit') else ''}.", ""]
+                cost = choice["cost_s"]
+                finalists = "; ".join(f"{f['candidate']}: " + ("; ".join(f["failures"]) or "passes")
+                                      for f in choice.get("finalists", []))
+                lines += [f"**Automatic choice (`tau=auto layers=auto`):** {choice['choice']['key']} (finalists in rank "
+                          f"order: {finalists}); it took {cost['total']:.0f} s wall, {cost.get('cpu', 0):.0f} CPU-s"
+                          f"{' (read from the cache now)' if choice.get('cache', {}).get('hit') else ''}.", ""]
         lines += table(cell_rows(model))
         lines += ["", "Sample greedy answers (first 3 questions):", ""]
         for key in ("plain", PAPER, *([choice_cell(model)] if choice_cell(model) else [])):
