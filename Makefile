@@ -7,7 +7,7 @@
 #                  two single-threaded torch processes do ~1.3x the work of one with two threads on
 #                  2 cores), then the core suite on every other version.
 #   make demo      ASU_KL on SmolLM2 / TOFU forget01 through OU's src/train.py, then OU's TOFU evaluator.
-#   make bench-perf / bench-tofu / bench-continual / reliability   benchmarks and docs/reliability.md
+#   make bench-perf / bench-tofu / bench-teacher / bench-continual / reliability   benchmarks and docs/reliability.md
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -29,7 +29,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 CONSTRAINTS := $(abspath .venv-constraints.txt)
 PIP = PIP_CONSTRAINT=$(CONSTRAINTS) $(1)/bin/pip install --disable-pip-version-check -q
 
-.PHONY: install ou venv matrix model data test test-core demo clean bench-perf bench-tofu bench-continual reliability
+.PHONY: install ou venv matrix model data test test-core demo clean bench-perf bench-tofu bench-teacher bench-continual reliability
 
 install: ou venv matrix model data
 
@@ -89,6 +89,11 @@ clean:
 # mini-TOFU (issue 7): resumable; models and runs under ~/.cache/asu-plugin/mini_tofu
 bench-tofu:
 	$(PY) bench/mini_tofu.py
+
+# the ASU teacher diagnosis (issue 14) on the base model and, once built, the mini-TOFU target;
+# resumable (cells cached under ~/.cache/asu-plugin/teacher_bench); ~0.5 CPU-hour per model
+bench-teacher:
+	$(PY) bench/teacher.py
 
 # continual unlearning, 3 forget01-sized blocks, teacher=original, on the mini-TOFU target when built
 CONTINUAL_MODEL ?= $(firstword $(wildcard $(HOME)/.cache/asu-plugin/mini_tofu/models/target/model.safetensors))

@@ -29,6 +29,16 @@ def test_kl_run_saves_model_and_record(kl_run):
     assert versions["open_unlearning_commit"] is None or len(versions["open_unlearning_commit"]) == 40
 
 
+def test_kl_run_records_the_teacher_health_check(kl_run):
+    health = kl_run.record()["teacher_health"]
+    assert health["checked"] and health["prompts"] == 4 and health["teacher"] == {"tau": 2.3, "layers": None}
+    assert len(health["answers"]) == 4
+    # the warning is raised exactly when most answers are not fluent, and then it is in the log too
+    assert (health["problem"] is not None) == (health["not_fluent_rate"] > 0.5)
+    if health["problem"]:
+        assert health["warning"] in kl_run.output
+
+
 def test_kl_run_logs_forget_kl_and_retain_loss(kl_run):
     steps = [entry for entry in kl_run.trainer_state()["log_history"] if "loss" in entry]
     assert len(steps) == KL_STEPS

@@ -28,7 +28,7 @@ import torch
 from transformers import Trainer
 from trainer.unlearn.grad_diff import GradDiff  # OpenUnlearning
 
-from .. import resume, run_record
+from .. import resume, run_record, teacher_setup
 from ...core.loss import answer_nll, drop_first_answer_token, token_kl
 from ...core.smoothing import check_smoothing_args, smoothed_attention
 
@@ -97,6 +97,7 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
         alpha: float = 1.0,
         retain_loss_type: str | None = None,
         teacher_path: str | None = None,
+        health_check: bool = True,
         **kwargs,
     ):
         training_args = kwargs.get("args")
@@ -108,7 +109,9 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
             retain_loss_type = self._check_retain_type(retain_loss_type)
             model = kwargs.get("model")  # OU passes everything by keyword
             self.tau, self.layers, self.heads = tau, _plain(layers), _plain(heads)
-            selection = check_smoothing_args(model, self.tau, self.layers, self.heads)
+            self.health_check = teacher_setup.check_switch(health_check)
+            # tau / layers "auto" are chosen once the frozen model exists (teacher_setup)
+            selection = check_smoothing_args(model, *teacher_setup.validation_values(tau, self.layers), self.heads)
             self.teacher_path = teacher_path
             frozen_source = _load_teacher(teacher_path, model) if teacher_path else model
         except Exception as error:
@@ -124,6 +127,13 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
         # a checkpoint — or of teacher_path's model (continual unlearning, teacher=original)
         self.ref_model = self._build_frozen_model(frozen_source)
         del frozen_source
+        try:  # tau/layers=auto and the teacher health check (asu_run.json: teacher_choice, teacher_health)
+            self._teacher_record = teacher_setup.resolve(self, tau, self.layers, self.health_check)
+            self._selection = check_smoothing_args(model, self.tau, self.layers, self.heads)
+        except Exception as error:
+            if output_dir:
+                run_record.write_failure_marker(output_dir, error, f"choosing the teacher of {type(self).__name__}")
+            raise
         # our loss is a mean per sample, not a sum over num_items_in_batch: let Trainer
         # (transformers >= 4.46) divide by the accumulation steps as for any other loss
         self.model_accepts_loss_kwargs = False
@@ -145,7 +155,7 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
         if unknown:
             raise TypeError(
                 f"{type(self).__name__}: unknown method_args option(s) {', '.join(unknown)}; "
-                "known: tau, layers, heads, gamma, alpha, retain_loss_type, teacher_path"
+                "known: tau, layers, heads, gamma, alpha, retain_loss_type, teacher_path, health_check"
             )
 
     def _check_dataset(self, dataset) -> None:
@@ -272,6 +282,7 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
             "alpha": self.alpha,
             "retain_loss_type": self.retain_loss_type,
             "teacher_path": self.teacher_path,
+            "health_check": self.health_check,
             "smoothed_layers": _ranges(self._selection.layers),
         }
 
@@ -294,6 +305,7 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
         self._record_extra = {
             "frozen_fingerprint": run_record.weights_fingerprint(self.ref_model),
             "resumed_from": str(resuming) if resuming else None,
+            **self._teacher_record,
         }
         self._write_record("training")
         try:

@@ -2,7 +2,9 @@
 
 Probes a model on a QA file over a (tau, layers) grid and writes ``probe.json`` + ``probe.png``
 (see :mod:`asu_plugin.tools.probe`), printing one line per setting and the recommendation;
-or, with ``--generate``, prints and writes the greedy answers plain and smoothed. Bad input
+or, with ``--generate``, prints and writes the greedy answers plain and smoothed; or, with
+``--choose``, applies the automatic teacher choice (:mod:`.choose`) and writes ``choice.json``
+(exit 3 when no candidate passes, with the refusal on stderr). Bad input
 (missing data, model or mirror, unparsable lists, a layer index out of range) exits with 2 and
 one line on stderr that names the problem and the fix.
 """
@@ -95,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
         "--generate", action="store_true", help="print greedy answers plain and smoothed instead of the probe"
     )
     p.add_argument(
+        "--choose", action="store_true",
+        help="apply the automatic teacher choice (the rule of trainer.method_args.tau=auto layers=auto, see "
+        "asu_plugin.core.teacher_choice) to the first 8 questions; --taus / --layers are not used",
+    )
+    p.add_argument(
         "--prompts",
         nargs="+",
         default=None,
@@ -128,6 +135,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         taus, layer_sets = parse_taus(args.taus), parse_layer_sets(args.layers)
         if args.n < 1:
             raise ProbeError(f"--n must be >= 1, got {args.n}")
+        if args.choose:
+            return _choose(args)
         if args.generate and args.prompts:
             rows = [{"question": q, "answer": ""} for q in args.prompts]
         else:
@@ -175,6 +184,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     sys.stdout.write("\n".join(format_report(report)) + "\n")
     sys.stdout.write(f"wrote {json_path} and {png_path} ({report['timing']['seconds']:.1f} s)\n")
+    return 0
+
+
+def _choose(args) -> int:
+    from ...core.atomic import write_json_atomic
+    from ...core.teacher_choice import DEFAULT_RULE, TeacherChoiceError
+    from .choose import CHOICE_JSON, forget_rows, format_choice, run_choose
+
+    data = Path(args.data) if args.data else default_data_file()
+    model, tokenizer = load_model(args.model)
+    rows = forget_rows(tokenizer, load_qa(data, DEFAULT_RULE.screen_rows), args.system_prompt)
+    try:
+        record = run_choose(model, tokenizer, rows)
+    except TeacherChoiceError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 3
+    path = write_json_atomic(Path(args.out) / CHOICE_JSON, {**record, "model": str(args.model), "data": str(data)})
+    sys.stdout.write("\n".join([*format_choice(record), f"wrote {path}"]) + "\n")
     return 0
 
 
