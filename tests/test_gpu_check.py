@@ -1,0 +1,66 @@
+"""bench/gpu_check.py without a GPU: its plan fits the machine-time cap, and (once `make gpu-wheels`
+prepared .gpu-carry/) its dry run passes: the carried wheels install together for python 3.12 and,
+with only them and the lent machine's own packages importable, OU's train chain and the plugin
+import and both OU runs of the plan compose."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.bench_scripts import BENCH_DIR, load_bench
+
+CARRY = BENCH_DIR.parent / ".gpu-carry"
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    return load_bench("gpu_check")
+
+
+def test_plan_fits_the_cap_and_runs_ou_as_shipped(gpu_check, tmp_path):
+    stages = gpu_check.plan(tmp_path, CARRY)
+    assert [s.name for s in stages] == ["setup", "core_numerics", "non_sdpa_student", "ou_build_model",
+                                        "ou_ASU_KL", "ou_NPO"]
+    assert sum(s.limit_s for s in stages) <= gpu_check.CAP_S == 240
+    assert all(Path(s.argv[1]).is_file() for s in stages if s.argv)
+    kl = gpu_check.ou_overrides("ASU_KL", tmp_path)
+    assert "experiment=unlearn/muse/asu" in kl and "trainer=ASU_KL" in kl
+    assert "data.forget.MUSE_forget.args.max_length=512" in kl  # sequence 512
+    npo = gpu_check.ou_overrides("NPO", tmp_path)
+    assert "experiment=unlearn/muse/default" in npo and "trainer=NPO" in npo
+    # an unprepared carry folder: the plan is still checked, the carry reported with its fix
+    result = gpu_check.dry_run(tmp_path / "no-carry", tmp_path)
+    assert result["passed"] is True and result["checks"]["carry"]["prepared"] is False
+    assert "make gpu-wheels" in result["checks"]["carry"]["fix"]
+
+
+def test_summary_ratios(gpu_check):
+    stages = {"ou_ASU_KL": {"status": "passed", "result": {"median_step_seconds": 0.3, "peak_gib": 30.0}},
+              "ou_NPO": {"status": "passed", "result": {"median_step_seconds": 0.25, "peak_gib": 24.0}}}
+    summary = gpu_check.summary(stages)
+    assert summary["step_time_ratio_ASU_KL_to_NPO"] == pytest.approx(1.2)
+    assert summary["peak_memory_ratio_ASU_KL_to_NPO"] == pytest.approx(1.25)
+    document = {"meta": {"cap_s": 240, "started": "now", "device": "NVIDIA H200"}, "stages": stages, "summary": summary}
+    assert "| ou_NPO | passed |" in gpu_check.markdown(document)
+
+
+@pytest.mark.skipif(not (CARRY / "manifest.json").is_file(),
+                    reason="the GPU carry folder is not prepared (run `make gpu-wheels`: ~35 MB of wheels)")
+def test_dry_run_with_the_carried_wheels():
+    done = subprocess.run([sys.executable, str(BENCH_DIR / "gpu_check.py"), "--dry-run"], capture_output=True,
+                          text=True, timeout=600, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("GPU_CHECK_JSON ")]
+    assert lines, (done.stdout + done.stderr)[-4000:]
+    result = json.loads(lines[-1].split(" ", 1)[1])
+    checks = result["checks"]
+    assert checks["carry"]["passed"] and checks["carry"]["within_64_mib"], checks["carry"]
+    imports = checks["imports"]
+    assert imports["passed"], imports.get("error", imports)[-4000:] if isinstance(imports.get("error"), str) else imports
+    assert imports["versions"]["transformers"] == "4.45.1" and imports["versions"]["lm_eval"] == "0.4.8"
+    assert {m: row["handler"] for m, row in imports["composed"].items()} == {"ASU_KL": "ASU_KL", "NPO": "NPO"}
+    assert done.returncode == 0
