@@ -4,10 +4,11 @@ returning a JSON-able dict. Run one with ``python bench/gpu_stages.py core_numer
 * ``core_numerics``: smoothing on CUDA in fp32 and bf16 against the independent reference (forward
   hooks dividing the query projection by tau; no asu_plugin code), Llama / Qwen2 (SDPA, eager) and
   Gemma2 (eager, soft-capping), all heads and a head subset; ``token_kl`` against plain torch.
-* ``non_sdpa_student``: a student on attention smoothing cannot reach — an opaque kernel registered
-  through ``AttentionInterface`` (torch's fused SDPA kernels called out of sight of torch function
-  modes, as a flash-attention kernel is) and transformers' ``flex_attention`` — trains steps against
-  its frozen copy, switched to SDPA by :func:`asu_plugin.core.attention_backend.make_reachable`.
+* ``non_sdpa_student [asu_opaque_kernel|flex_attention]``: a student on attention smoothing cannot
+  reach — an opaque kernel registered through ``AttentionInterface`` (torch's fused SDPA kernels
+  called out of sight of torch function modes, as a flash-attention kernel is), or transformers'
+  ``flex_attention`` — trains steps against its frozen copy, switched to SDPA by
+  :func:`asu_plugin.core.attention_backend.make_reachable`.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def _register_opaque():
     return calls
 
 
-def non_sdpa_student(steps: int = 4) -> dict:
+def non_sdpa_student(backend: str = "asu_opaque_kernel", steps: int = 4) -> dict:
     import transformers
 
     from asu_plugin import SmoothingError, smoothed_attention, token_kl
@@ -167,7 +168,7 @@ def non_sdpa_student(steps: int = 4) -> dict:
                                       initializer_range=0.08)
     ids, mask, labels = _batch(config.vocab_size, rows=4, length=length)
     results, ok = {}, True
-    for backend in ("asu_opaque_kernel", "flex_attention"):
+    for backend in (backend,):
         row = {"student_backend": backend}
         try:
             torch.manual_seed(0)
@@ -222,4 +223,5 @@ def non_sdpa_student(steps: int = 4) -> dict:
 
 
 if __name__ == "__main__":
-    print("GPU_CHECK_JSON " + json.dumps({"core_numerics": core_numerics, "non_sdpa_student": non_sdpa_student}[sys.argv[1]]()))
+    stage = {"core_numerics": core_numerics, "non_sdpa_student": non_sdpa_student}[sys.argv[1]]
+    print("GPU_CHECK_JSON " + json.dumps(stage(*sys.argv[2:])))

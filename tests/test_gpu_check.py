@@ -25,7 +25,7 @@ def gpu_check():
 def test_plan_fits_the_cap_and_runs_ou_as_shipped(gpu_check, tmp_path):
     stages = gpu_check.plan(tmp_path, CARRY)
     assert [s.name for s in stages] == ["setup", "core_numerics", "non_sdpa_student", "ou_build_model",
-                                        "ou_ASU_KL", "ou_NPO"]
+                                        "ou_ASU_KL", "ou_NPO", "flex_student"]
     assert sum(s.limit_s for s in stages) <= gpu_check.CAP_S == 240
     assert all(Path(s.argv[1]).is_file() for s in stages if s.argv)
     kl = gpu_check.ou_overrides("ASU_KL", tmp_path)
@@ -47,6 +47,31 @@ def test_summary_ratios(gpu_check):
     assert summary["peak_memory_ratio_ASU_KL_to_NPO"] == pytest.approx(1.25)
     document = {"meta": {"cap_s": 240, "started": "now", "device": "NVIDIA H200"}, "stages": stages, "summary": summary}
     assert "| ou_NPO | passed |" in gpu_check.markdown(document)
+
+
+def test_stages_are_recorded_one_by_one_within_the_cap(gpu_check, tmp_path):
+    """Each stage's outcome is in gpu_check.json as soon as it ends; a failing or slow stage does
+    not stop the next; the cap cuts what no time is left for."""
+    report = tmp_path / "out" / "gpu_check.json"
+
+    def stage(name, code, limit=20):
+        return gpu_check.Stage(name, "native", limit, (sys.executable, "-c", code))
+
+    emit = "import json; print('GPU_CHECK_JSON ' + json.dumps({}))"
+    peek = f"import json; stages = sorted(json.load(open({str(report)!r}))['stages']); print('GPU_CHECK_JSON ' + json.dumps({{'seen': stages}}))"
+    stages = [stage("ok", emit.format("{'x': 1}")), stage("broken", "raise SystemExit(3)"),
+              stage("slow", "import time; time.sleep(30)", limit=1), stage("peek", peek),
+              stage("late", "import time; time.sleep(30)")]
+    document = gpu_check.run_all(tmp_path / "out", tmp_path, tmp_path, stages=stages, cap_s=4)
+    status = {name: s["status"] for name, s in document["stages"].items()}
+    assert {k: v for k, v in status.items() if k != "late"} == {"ok": "passed", "broken": "error", "slow": "timeout",
+                                                                "peek": "passed"}
+    assert status["late"] in ("timeout", "skipped")  # cut by the cap either way
+    assert document["stages"]["ok"]["result"] == {"x": 1}
+    assert document["stages"]["peek"]["result"]["seen"] == ["broken", "ok", "slow"]  # written after each stage
+    assert "exit 3" in document["stages"]["broken"]["error"]
+    written = json.loads(report.read_text())
+    assert set(written["stages"]) == set(status) and (tmp_path / "out" / "gpu_check.md").is_file()
 
 
 @pytest.mark.skipif(not (CARRY / "manifest.json").is_file(),
