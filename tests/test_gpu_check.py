@@ -62,7 +62,7 @@ def test_stages_are_recorded_one_by_one_within_the_cap(gpu_check, tmp_path):
     stages = [stage("ok", emit.format("{'x': 1}")), stage("broken", "raise SystemExit(3)"),
               stage("slow", "import time; time.sleep(30)", limit=1), stage("peek", peek),
               stage("late", "import time; time.sleep(30)")]
-    document = gpu_check.run_all(tmp_path / "out", tmp_path, tmp_path, stages=stages, cap_s=4)
+    document = gpu_check.run_all(tmp_path / "out", tmp_path, tmp_path, stages=stages, cap_s=3, min_left_s=0.2)
     status = {name: s["status"] for name, s in document["stages"].items()}
     assert {k: v for k, v in status.items() if k != "late"} == {"ok": "passed", "broken": "error", "slow": "timeout",
                                                                 "peek": "passed"}
