@@ -84,17 +84,23 @@ def _rebuild_as(module: nn.Module, cls: type, config) -> None:
     module.__class__ = cls
 
 
-def _set_config(model: nn.Module, backend: str) -> None:
-    """Point the model's config (and its text sub-config) at ``backend``."""
+def _set_config(model: nn.Module, backend: str) -> str:
+    """Point the model's config (and its text sub-config) at ``backend``, or at ``eager`` where
+    transformers refuses ``backend`` for this model; return the one set."""
     setter = getattr(model, "set_attn_implementation", None)
-    if callable(setter):  # transformers >= 4.56: validates and reaches sub-models
-        try:
-            setter(backend)
-        except (ValueError, ImportError) as error:
-            logger.debug("set_attn_implementation(%r) refused: %s", backend, error)
+    if callable(setter):  # transformers >= 4.56: validates, and reaches sub-models
+        for candidate in (backend, "eager"):
+            try:
+                setter(candidate)
+            except (ValueError, ImportError) as error:
+                logger.debug("set_attn_implementation(%r) refused: %s", candidate, error)
+                continue
+            if attention_backend(model) == candidate:
+                return candidate
+    # older versions, or a model whose attention cannot be set dynamically: the config itself
     for config in {id(c): c for c in (model.config, text_config(model))}.values():
-        if getattr(config, "_attn_implementation", None) != backend:
-            config._attn_implementation = backend
+        config._attn_implementation = backend
+    return backend
 
 
 def make_reachable(model: nn.Module) -> str:
@@ -118,8 +124,7 @@ def make_reachable(model: nn.Module) -> str:
             _rebuild_as(module, registry[target], getattr(module, "config", None) or text_config(model))
     elif not getattr(model, "_supports_sdpa", True):
         target = "eager"
-    _set_config(model, target)
-    return target
+    return _set_config(model, target)
 
 
 def verify_reachable(model: nn.Module, tau, layers=None, heads=None) -> None:
