@@ -8,6 +8,8 @@
 #                  2 cores), then the core suite on every other version.
 #   make demo      ASU_KL on SmolLM2 / TOFU forget01 through OU's src/train.py, then OU's TOFU evaluator.
 #   make bench-perf / bench-tofu / bench-teacher / bench-continual / reliability   benchmarks and docs/reliability.md
+#   make gpu-wheels  .gpu-carry/ (git-ignored): the wheels, OU code and data slice bench/gpu_check.py carries
+#                  to a lent GPU machine (~35 MB from the package registry; not part of install or test)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -29,7 +31,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 CONSTRAINTS := $(abspath .venv-constraints.txt)
 PIP = PIP_CONSTRAINT=$(CONSTRAINTS) $(1)/bin/pip install --disable-pip-version-check -q
 
-.PHONY: install ou venv matrix model data test test-core demo clean bench-perf bench-tofu bench-teacher bench-continual reliability
+.PHONY: install ou venv matrix model data test test-core demo clean bench-perf bench-tofu bench-teacher bench-continual reliability gpu-wheels
 
 install: ou venv matrix model data
 
@@ -105,3 +107,8 @@ bench-continual:
 
 reliability:
 	$(PY) docs/reliability.py
+
+# what bench/gpu_check.py needs on a lent GPU machine: wheels for python 3.12 (OU's transformers 4.45.1 and
+# what OU imports), OU's src/configs, a MUSE-Books slice, SmolLM2's tokenizer; then `gpu_check.py --dry-run`
+gpu-wheels:
+	$(PY) bench/gpu_carry.py prepare --ou-dir "$(OU_DIR)" --shared-dir "$(SHARED_DIR)"

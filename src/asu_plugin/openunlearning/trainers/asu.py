@@ -20,6 +20,7 @@ This module imports OU (``trainer.unlearn.grad_diff``): it is importable only wh
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -28,8 +29,10 @@ import torch
 from transformers import Trainer
 from trainer.unlearn.grad_diff import GradDiff  # OpenUnlearning
 
-from .. import resume, run_record, teacher_setup
-from ...core.loss import answer_nll, drop_first_answer_token, token_kl
+from .. import frozen_model, resume, run_record, teacher_setup
+from .. import retain_draw as draws
+from ..global_mean import global_token_mean
+from ...core.loss import answer_nll_sum, drop_first_answer_token, token_kl
 from ...core.smoothing import check_smoothing_args, smoothed_attention
 
 logger = logging.getLogger(__name__)
@@ -66,16 +69,8 @@ def _ranges(indices) -> str:
 
 
 def _load_teacher(path: str, student):
-    """The frozen model from ``path``, loaded like the student (dtype, attention backend)."""
-    from transformers import AutoModelForCausalLM
-
-    if not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"teacher_path {path!r} is not a directory: point trainer.method_args.teacher_path at a saved "
-            "model (save_pretrained output), or leave it null to use the model being unlearned"
-        )
-    backend = getattr(student.config, "_attn_implementation", None)
-    return AutoModelForCausalLM.from_pretrained(path, torch_dtype=student.dtype, attn_implementation=backend)
+    """The frozen model from ``path``, loaded like the student (dtype; attention smoothing can reach)."""
+    return frozen_model.load_teacher(path, student)
 
 
 class ASUTrainer(resume.ExactResumeMixin, GradDiff):
@@ -98,6 +93,7 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
         retain_loss_type: str | None = None,
         teacher_path: str | None = None,
         health_check: bool = True,
+        retain_draw: str = draws.DEFAULT,
         **kwargs,
     ):
         training_args = kwargs.get("args")
@@ -113,6 +109,9 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
             # tau / layers "auto" are chosen once the frozen model exists (teacher_setup)
             selection = check_smoothing_args(model, *teacher_setup.validation_values(tau, self.layers), self.heads)
             self.teacher_path = teacher_path
+            self.retain_draw = draws.check_retain_draw(retain_draw)
+            if self.retain_draw == "indexed":
+                draws.check_indexed_dataset(kwargs.get("train_dataset"))
             frozen_source = _load_teacher(teacher_path, model) if teacher_path else model
         except Exception as error:
             if output_dir:
@@ -142,10 +141,12 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
 
     def _build_frozen_model(self, source):
         """A frozen copy of ``source`` through OU's ``_prepare_ref_model`` (DeepSpeed ZeRO-3 /
-        accelerate handling included): ASU's teacher and reference."""
-        frozen = self._prepare_ref_model(source)
-        for parameter in frozen.parameters():
-            parameter.requires_grad_(False)
+        accelerate handling included), running attention smoothing can reach: ASU's teacher
+        and reference (:mod:`..frozen_model`)."""
+        frozen, self._attention = frozen_model.build_frozen_model(
+            self._prepare_ref_model, source, *teacher_setup.validation_values(self.tau, self.layers), self.heads,
+            announce=self.args.process_index == 0,
+        )
         return frozen
 
     # ---- validation -------------------------------------------------------------------
@@ -155,7 +156,7 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
         if unknown:
             raise TypeError(
                 f"{type(self).__name__}: unknown method_args option(s) {', '.join(unknown)}; "
-                "known: tau, layers, heads, gamma, alpha, retain_loss_type, teacher_path, health_check"
+                "known: tau, layers, heads, gamma, alpha, retain_loss_type, teacher_path, health_check, retain_draw"
             )
 
     def _check_dataset(self, dataset) -> None:
@@ -214,7 +215,8 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
         return kl, outputs, {"forget_kl": kl}
 
     def retain_nll(self, model, retain):
-        return answer_nll(self._forward_logits(model, retain), retain["labels"])
+        """Token-mean NLL over the retain answers of the global batch (all processes)."""
+        return global_token_mean(*answer_nll_sum(self._forward_logits(model, retain), retain["labels"]))
 
     def retain_kl(self, model, retain):
         student = self._forward_logits(model, retain)
@@ -283,6 +285,7 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
             "retain_loss_type": self.retain_loss_type,
             "teacher_path": self.teacher_path,
             "health_check": self.health_check,
+            "retain_draw": self.retain_draw,
             "smoothed_layers": _ranges(self._selection.layers),
         }
 
@@ -304,12 +307,16 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
         resuming = kwargs.get("resume_from_checkpoint") or (args and args[0])
         self._record_extra = {
             "frozen_fingerprint": run_record.weights_fingerprint(self.ref_model),
+            "attention": getattr(self, "_attention", None),
             "resumed_from": str(resuming) if resuming else None,
             **self._teacher_record,
         }
         self._write_record("training")
         try:
-            with self.exact_resume(resuming):
+            indexed = self.retain_draw == "indexed"  # draws need no saved RNG state; OU's need it
+            with self.exact_resume(resuming, track_rng=not indexed), (
+                draws.indexed_retain_draw(self) if indexed else contextlib.nullcontext()
+            ):
                 result = super().train(*args, **kwargs)
         except BaseException as error:
             if self.is_world_process_zero():
@@ -373,7 +380,7 @@ class ASU_IDK(ASUTrainer):
     def compute_forget_loss(self, model, forget):
         original, idk = forget["original"], forget["alternate"]
         kl, outputs = self.forget_kl(model, original, drop_first_answer_token(original["labels"]))
-        idk_nll = answer_nll(self._forward_logits(model, idk), idk["labels"])
+        idk_nll = global_token_mean(*answer_nll_sum(self._forward_logits(model, idk), idk["labels"]))
         return kl + idk_nll, outputs, {"forget_kl": kl, "idk_nll": idk_nll}
 
 
