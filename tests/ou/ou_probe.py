@@ -92,7 +92,7 @@ def fresh_model(model_dir):
 
 
 def probe_loss(method: str, model_dir: str, output_dir: str, train: bool = True) -> dict:
-    import asu_plugin.openunlearning.trainers as asu_trainers
+    import asu_plugin.openunlearning.trainers.asu as asu_trainers  # the module whose smoothed_attention the trainers call
     from asu_plugin import smoothed_attention, token_kl
 
     experiment = ["experiment=unlearn/tofu/asu_idk", *IDK_ON_CPU, *model_path(model_dir)] if method == "ASU_IDK" else [
