@@ -21,19 +21,17 @@ This module imports OU (``trainer.unlearn.grad_diff``): it is importable only wh
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
-import os
 
 import torch
-from transformers import Trainer
 from trainer.unlearn.grad_diff import GradDiff  # OpenUnlearning
 
-from .. import frozen_model, resume, run_record, teacher_setup
+from .. import frozen_model, run_record, teacher_setup
 from .. import retain_draw as draws
 from ..global_mean import global_token_mean
 from ...core.loss import answer_nll_sum, drop_first_answer_token, token_kl
 from ...core.smoothing import check_smoothing_args, smoothed_attention
+from .base import RecordedUnlearnRun, failure_marker
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +40,6 @@ UNLEARN_COMMAND = (
     "trainer={name} task_name=<name>   (on a CPU: experiment=unlearn/tofu/asu_cpu)"
 )
 _MODEL_INPUTS = ("input_ids", "attention_mask")
-# keyword arguments OU's load_trainer passes besides method_args
-_TRAINER_KWARGS = frozenset(inspect.signature(Trainer.__init__).parameters) | {
-    "evaluators",
-    "template_args",
-}
 
 
 def _plain(value):
@@ -73,14 +66,16 @@ def _load_teacher(path: str, student):
     return frozen_model.load_teacher(path, student)
 
 
-class ASUTrainer(resume.ExactResumeMixin, GradDiff):
-    """Shared part of the ASU trainers: settings, frozen model, teacher pass, losses, logging,
-    run record, resume. Subclasses choose the retain term (``RETAIN_LOSS_TYPE``: NLL or KL)
-    and may extend the forget term (``compute_forget_loss``, as ASU_IDK does).
+class ASUTrainer(RecordedUnlearnRun, GradDiff):
+    """Shared part of the ASU trainers: settings, frozen model, teacher pass, losses. Subclasses
+    choose the retain term (``RETAIN_LOSS_TYPE``: NLL or KL) and may extend the forget term
+    (``compute_forget_loss``, as ASU_IDK does). Logging, run record and resume: :mod:`.base`.
     """
 
     RETAIN_LOSS_TYPE = "NLL"
     LOGGED = ("forget_kl", "retain_loss")
+    OPTIONS = ("tau", "layers", "heads", "gamma", "alpha", "retain_loss_type", "teacher_path", "health_check", "retain_draw")
+    UNLEARN_COMMAND = UNLEARN_COMMAND
 
     def __init__(
         self,
@@ -98,10 +93,10 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
     ):
         training_args = kwargs.get("args")
         output_dir = getattr(training_args, "output_dir", None)
-        try:
+        with failure_marker(output_dir, f"configuring {type(self).__name__}"):
             # everything here runs before the model is copied, so a bad config fails fast
-            self._check_options(kwargs)
-            self._check_dataset(kwargs.get("train_dataset"))
+            self.check_options(kwargs)
+            self.check_unlearn_dataset(kwargs.get("train_dataset"))
             retain_loss_type = self._check_retain_type(retain_loss_type)
             model = kwargs.get("model")  # OU passes everything by keyword
             self.tau, self.layers, self.heads = tau, _plain(layers), _plain(heads)
@@ -113,10 +108,6 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
             if self.retain_draw == "indexed":
                 draws.check_indexed_dataset(kwargs.get("train_dataset"))
             frozen_source = _load_teacher(teacher_path, model) if teacher_path else model
-        except Exception as error:
-            if output_dir:
-                run_record.write_failure_marker(output_dir, error, f"configuring {type(self).__name__}")
-            raise
         self._selection = selection
         # "NLL" here only stops GradDiff from copying the student: the frozen copy is ours
         super().__init__(*args, gamma=gamma, alpha=alpha, retain_loss_type="NLL", **kwargs)
@@ -126,18 +117,13 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
         # a checkpoint — or of teacher_path's model (continual unlearning, teacher=original)
         self.ref_model = self._build_frozen_model(frozen_source)
         del frozen_source
-        try:  # tau/layers=auto and the teacher health check (asu_run.json: teacher_choice, teacher_health)
+        # tau/layers=auto and the teacher health check (asu_run.json: teacher_choice, teacher_health)
+        with failure_marker(output_dir, f"choosing the teacher of {type(self).__name__}"):
             self._teacher_record = teacher_setup.resolve(self, tau, self.layers, self.health_check)
             self._selection = check_smoothing_args(model, self.tau, self.layers, self.heads)
-        except Exception as error:
-            if output_dir:
-                run_record.write_failure_marker(output_dir, error, f"choosing the teacher of {type(self).__name__}")
-            raise
         # our loss is a mean per sample, not a sum over num_items_in_batch: let Trainer
         # (transformers >= 4.46) divide by the accumulation steps as for any other loss
         self.model_accepts_loss_kwargs = False
-        self._asu_sums: dict[str, torch.Tensor] = {}
-        self._asu_count = 0
 
     def _build_frozen_model(self, source):
         """A frozen copy of ``source`` through OU's ``_prepare_ref_model`` (DeepSpeed ZeRO-3 /
@@ -150,23 +136,6 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
         return frozen
 
     # ---- validation -------------------------------------------------------------------
-
-    def _check_options(self, kwargs) -> None:
-        unknown = sorted(set(kwargs) - _TRAINER_KWARGS)
-        if unknown:
-            raise TypeError(
-                f"{type(self).__name__}: unknown method_args option(s) {', '.join(unknown)}; "
-                "known: tau, layers, heads, gamma, alpha, retain_loss_type, teacher_path, health_check, retain_draw"
-            )
-
-    def _check_dataset(self, dataset) -> None:
-        if dataset is not None and not (hasattr(dataset, "forget") and hasattr(dataset, "retain")):
-            raise ValueError(
-                f"{type(self).__name__} unlearns: it needs OU's forget/retain data (an unlearn "
-                f"config), but got a {type(dataset).__name__} — was `python src/train.py "
-                f"trainer={type(self).__name__}` run with OU's finetune config (train.yaml)? Run: "
-                + UNLEARN_COMMAND.format(name=type(self).__name__)
-            )
 
     def _check_retain_type(self, retain_loss_type):
         expected = self.RETAIN_LOSS_TYPE
@@ -184,8 +153,7 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
         if missing:
             raise KeyError(
                 f"{type(self).__name__} needs batches with 'forget' and 'retain' entries; missing "
-                f"{missing} (got keys {sorted(inputs)}). Use an unlearn config: "
-                + UNLEARN_COMMAND.format(name=type(self).__name__)
+                f"{missing} (got keys {sorted(inputs)}). Use an unlearn config: " + self.unlearn_command()
             )
         return inputs["forget"], inputs["retain"]
 
@@ -235,43 +203,10 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
         retain_loss = self.compute_retain_loss(model, retain)
         loss = self.gamma * forget_loss + self.alpha * retain_loss
         parts = {**parts, "retain_loss": retain_loss}
-        self._check_finite(loss, parts)
+        self.check_finite(loss, parts)
         if model.training:  # evaluation batches must not leak into the logged training terms
-            self._accumulate(**parts)
+            self.accumulate(**parts)
         return (loss, forget_outputs) if return_outputs else loss
-
-    def _check_finite(self, loss, parts) -> None:
-        """Raise on a non-finite loss — on every rank at once: a rank that raised alone would
-        leave the others waiting in the next all-reduce for ever."""
-        bad = torch.tensor(0.0 if torch.isfinite(loss.detach()) else 1.0, device=loss.device)
-        if self.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        if bad.item():
-            detail = ", ".join(f"{key}={float(value)}" for key, value in parts.items())
-            where = "" if torch.isfinite(loss.detach()) else f" ({detail})"
-            raise FloatingPointError(
-                f"{type(self).__name__}: loss is not finite on some rank{where} at step "
-                f"{self.state.global_step}; try fp32 / bf16 instead of fp16, or a lower learning rate"
-            )
-
-    # ---- logging: forget_kl / retain_loss beside OU's loss ------------------------------
-
-    def _accumulate(self, **values) -> None:
-        for key, value in values.items():
-            value = torch.as_tensor(value).detach().float()
-            self._asu_sums[key] = self._asu_sums.get(key, 0.0) + value
-        self._asu_count += 1
-
-    def log(self, logs, *args, **kwargs):
-        """Add the mean forget_kl / retain_loss since the last log to each training log."""
-        if "loss" in logs and self._asu_count:
-            for key in self.LOGGED:
-                mean = self._asu_sums[key] / self._asu_count
-                if hasattr(self, "_nested_gather"):
-                    mean = self._nested_gather(mean.reshape(1).to(self.args.device)).mean()
-                logs[key] = float(mean)
-            self._asu_sums, self._asu_count = {}, 0
-        return super().log(logs, *args, **kwargs)
 
     # ---- run record ---------------------------------------------------------------------
 
@@ -289,42 +224,21 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
             "smoothed_layers": _ranges(self._selection.layers),
         }
 
-    def _write_record(self, status: str, **extra) -> None:
-        if self.is_world_process_zero():
-            extra = {**getattr(self, "_record_extra", {}), **extra}
-            record = run_record.run_record(type(self).__name__, self.asu_settings(), status, **extra)
-            run_record.write_run_record(self.args.output_dir, record)
+    def run_settings(self) -> dict:
+        return self.asu_settings()
 
-    def train(self, *args, **kwargs):
-        """Train, bracketed by asu_run.json; a failure leaves ASU_FAILED.txt (and no model:
-        OU saves the model only after train() returns). Resumes when
-        ``trainer.args.resume_from_checkpoint`` is set (a checkpoint dir, or true)."""
-        output_dir = self.args.output_dir
-        kwargs = self.resume_kwargs(args, kwargs)
-        if self.is_world_process_zero():
-            os.makedirs(output_dir, exist_ok=True)
-            run_record.clear_failure_marker(output_dir)
-        resuming = kwargs.get("resume_from_checkpoint") or (args and args[0])
-        self._record_extra = {
+    def record_extra(self) -> dict:
+        return {
             "frozen_fingerprint": run_record.weights_fingerprint(self.ref_model),
             "attention": getattr(self, "_attention", None),
-            "resumed_from": str(resuming) if resuming else None,
             **self._teacher_record,
         }
-        self._write_record("training")
-        try:
-            indexed = self.retain_draw == "indexed"  # draws need no saved RNG state; OU's need it
-            with self.exact_resume(resuming, track_rng=not indexed), (
-                draws.indexed_retain_draw(self) if indexed else contextlib.nullcontext()
-            ):
-                result = super().train(*args, **kwargs)
-        except BaseException as error:
-            if self.is_world_process_zero():
-                run_record.write_failure_marker(output_dir, error, f"training {type(self).__name__}")
-                self._write_record("failed", error=f"{type(error).__name__}: {error}")
-            raise
-        self._write_record("trained", global_step=self.state.global_step)
-        return result
+
+    def rng_tracked(self) -> bool:
+        return self.retain_draw != "indexed"  # indexed draws need no saved RNG state; OU's draw does
+
+    def training_context(self):
+        return draws.indexed_retain_draw(self) if self.retain_draw == "indexed" else contextlib.nullcontext()
 
 
 class ASU_GD(ASUTrainer):
@@ -359,8 +273,8 @@ class ASU_IDK(ASUTrainer):
             raise ValueError(f"ASU_IDK: retain_loss_type must be KL or NLL, got {retain_loss_type!r}")
         return retain_loss_type
 
-    def _check_dataset(self, dataset) -> None:
-        super()._check_dataset(dataset)
+    def check_unlearn_dataset(self, dataset) -> None:
+        super().check_unlearn_dataset(dataset)
         if dataset is not None and not hasattr(dataset.forget, "idk_responses"):
             raise ValueError(
                 f"ASU_IDK needs IDK answers: its forget set must be OU's QAwithIdkDataset, got "
