@@ -29,6 +29,8 @@ from transformers import Trainer
 from trainer.unlearn.grad_diff import GradDiff  # OpenUnlearning
 
 from .. import resume, run_record
+from ..original_model import OriginalModelMixin
+from ..positions import model_inputs
 from ...core.loss import answer_nll, drop_first_answer_token, token_kl
 from ...core.smoothing import check_smoothing_args, smoothed_attention
 
@@ -38,7 +40,6 @@ UNLEARN_COMMAND = (
     "python src/train.py --config-name=unlearn.yaml experiment=unlearn/tofu/asu "
     "trainer={name} task_name=<name>   (on a CPU: experiment=unlearn/tofu/asu_cpu)"
 )
-_MODEL_INPUTS = ("input_ids", "attention_mask")
 # keyword arguments OU's load_trainer passes besides method_args
 _TRAINER_KWARGS = frozenset(inspect.signature(Trainer.__init__).parameters) | {
     "evaluators",
@@ -78,7 +79,7 @@ def _load_teacher(path: str, student):
     return AutoModelForCausalLM.from_pretrained(path, torch_dtype=student.dtype, attn_implementation=backend)
 
 
-class ASUTrainer(resume.ExactResumeMixin, GradDiff):
+class ASUTrainer(resume.ExactResumeMixin, OriginalModelMixin, GradDiff):
     """Shared part of the ASU trainers: settings, frozen model, teacher pass, losses, logging,
     run record, resume. Subclasses choose the retain term (``RETAIN_LOSS_TYPE``: NLL or KL)
     and may extend the forget term (``compute_forget_loss``, as ASU_IDK does).
@@ -97,6 +98,9 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
         alpha: float = 1.0,
         retain_loss_type: str | None = None,
         teacher_path: str | None = None,
+        lora=None,
+        teacher_cache=False,
+        teacher_cache_max_gb: float = 4.0,
         **kwargs,
     ):
         training_args = kwargs.get("args")
@@ -110,6 +114,9 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
             self.tau, self.layers, self.heads = tau, _plain(layers), _plain(heads)
             selection = check_smoothing_args(model, self.tau, self.layers, self.heads)
             self.teacher_path = teacher_path
+            # LoRA (the student's base with adapters off is the original) and the teacher cache
+            model = kwargs["model"] = self.configure_original_model(
+                lora, teacher_cache, teacher_cache_max_gb, teacher_path, kwargs)
             frozen_source = _load_teacher(teacher_path, model) if teacher_path else model
         except Exception as error:
             if output_dir:
@@ -122,7 +129,7 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
         # the frozen model (teacher inside smoothed_attention, reference outside) is a copy of
         # the model as loaded — the original, also when Trainer later resumes the student from
         # a checkpoint — or of teacher_path's model (continual unlearning, teacher=original)
-        self.ref_model = self._build_frozen_model(frozen_source)
+        self.ref_model = self._build_frozen_model(frozen_source) if self.frozen_copy_needed() else None
         del frozen_source
         # our loss is a mean per sample, not a sum over num_items_in_batch: let Trainer
         # (transformers >= 4.46) divide by the accumulation steps as for any other loss
@@ -145,7 +152,8 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
         if unknown:
             raise TypeError(
                 f"{type(self).__name__}: unknown method_args option(s) {', '.join(unknown)}; "
-                "known: tau, layers, heads, gamma, alpha, retain_loss_type, teacher_path"
+                "known: tau, layers, heads, gamma, alpha, retain_loss_type, teacher_path, lora, teacher_cache, "
+                "teacher_cache_max_gb"
             )
 
     def _check_dataset(self, dataset) -> None:
@@ -180,21 +188,26 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
 
     @staticmethod
     def _forward_logits(model, batch) -> torch.Tensor:
-        return model(**{key: batch[key] for key in _MODEL_INPUTS}, use_cache=False).logits
+        return model(**model_inputs(batch), use_cache=False).logits
 
     def teacher_logits(self, batch) -> torch.Tensor:
-        """Logits of the frozen model with smoothed attention (the forget target)."""
-        with torch.no_grad(), smoothed_attention(self.ref_model, self.tau, self.layers, self.heads):
-            return self._forward_logits(self.ref_model, batch)
+        """Logits of the original model with smoothed attention (the forget target), from the
+        teacher cache when there is one."""
+        cached = self.cached_teacher_logits(batch)
+        return cached if cached is not None else self.teacher_pass(batch)
+
+    def teacher_pass(self, batch) -> torch.Tensor:
+        with self.frozen_model() as frozen, torch.no_grad(), smoothed_attention(frozen, self.tau, self.layers, self.heads):
+            return self._forward_logits(frozen, batch)
 
     def reference_logits(self, batch) -> torch.Tensor:
-        """Logits of the same frozen model, unsmoothed (the retain target of ASU_KL)."""
-        with torch.no_grad():
-            return self._forward_logits(self.ref_model, batch)
+        """Logits of the same original model, unsmoothed (the retain target of ASU_KL)."""
+        with self.frozen_model() as frozen, torch.no_grad():
+            return self._forward_logits(frozen, batch)
 
     def forget_kl(self, model, forget, labels=None):
         """ASU's forget term: KL(smoothed teacher || student) on the answer tokens of ``labels``."""
-        outputs = model(**{key: forget[key] for key in _MODEL_INPUTS}, use_cache=False)
+        outputs = model(**model_inputs(forget), use_cache=False)
         labels = forget["labels"] if labels is None else labels
         return token_kl(outputs.logits, self.teacher_logits(forget), labels), outputs
 
@@ -273,6 +286,8 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
             "retain_loss_type": self.retain_loss_type,
             "teacher_path": self.teacher_path,
             "smoothed_layers": _ranges(self._selection.layers),
+            "lora": self.lora,
+            "teacher_cache": self._cache_plan.mode if self._cache_plan is not None else None,
         }
 
     def _write_record(self, status: str, **extra) -> None:
@@ -292,9 +307,10 @@ class ASUTrainer(resume.ExactResumeMixin, GradDiff):
             run_record.clear_failure_marker(output_dir)
         resuming = kwargs.get("resume_from_checkpoint") or (args and args[0])
         self._record_extra = {
-            "frozen_fingerprint": run_record.weights_fingerprint(self.ref_model),
+            "frozen_fingerprint": self.frozen_fingerprint(),
             "resumed_from": str(resuming) if resuming else None,
         }
+        self._record_extra.update(self.prepare_original_model(self._record_extra["frozen_fingerprint"]))
         self._write_record("training")
         try:
             with self.exact_resume(resuming):
