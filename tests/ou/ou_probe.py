@@ -59,12 +59,16 @@ def probe_compose(requests) -> list:
 
 def build(overrides):
     """OU's train.py up to load_trainer, without training."""
+    return build_from_config(compose(overrides))
+
+
+def build_from_config(cfg):
+    """OU's train.py up to load_trainer, from a composed config."""
     from data import get_collators, get_data
     from model import get_model
     from trainer import load_trainer
     from trainer.utils import seed_everything
 
-    cfg = compose(overrides)
     seed_everything(cfg.trainer.args.seed)
     model, tokenizer = get_model(cfg.model)
     data = get_data(cfg.data, mode="unlearn", tokenizer=tokenizer, template_args=cfg.model.template_args)

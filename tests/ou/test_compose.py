@@ -64,7 +64,7 @@ def test_tofu_paper_settings(configs, name, trainer, retain):
     assert cfg["trainer"]["handler"] == trainer
     method = cfg["trainer"]["method_args"]
     assert method == {"tau": 2.3, "layers": None, "heads": None, "gamma": 0.1, "alpha": 1.0, "retain_loss_type": retain,
-                      "teacher_path": None, "retain_draw": "indexed"}
+                      "teacher_path": None, "retain_draw": "indexed", "lora": None, "teacher_cache": False, "teacher_cache_max_gb": 4.0}
     assert args_of(cfg)["save_only_model"] is False  # checkpoints, when asked for, can be resumed
     args = cfg["trainer"]["args"]
     assert args["learning_rate"] == 1e-5 and args["num_train_epochs"] == 5

@@ -26,10 +26,12 @@ import logging
 import torch
 from trainer.unlearn.grad_diff import GradDiff  # OpenUnlearning
 
-from .. import frozen_model, run_record, teacher_setup
+from .. import frozen_model, teacher_setup
 from .. import retain_draw as draws
 from ..global_mean import global_token_mean
 from ...core.loss import answer_nll_sum, drop_first_answer_token, token_kl
+from ..original_model import OriginalModelMixin
+from ..positions import model_inputs
 from ...core.smoothing import check_smoothing_args, smoothed_attention
 from .base import RecordedUnlearnRun, failure_marker
 
@@ -39,7 +41,6 @@ UNLEARN_COMMAND = (
     "python src/train.py --config-name=unlearn.yaml experiment=unlearn/tofu/asu "
     "trainer={name} task_name=<name>   (on a CPU: experiment=unlearn/tofu/asu_cpu)"
 )
-_MODEL_INPUTS = ("input_ids", "attention_mask")
 
 
 def _plain(value):
@@ -66,7 +67,7 @@ def _load_teacher(path: str, student):
     return frozen_model.load_teacher(path, student)
 
 
-class ASUTrainer(RecordedUnlearnRun, GradDiff):
+class ASUTrainer(RecordedUnlearnRun, OriginalModelMixin, GradDiff):
     """Shared part of the ASU trainers: settings, frozen model, teacher pass, losses. Subclasses
     choose the retain term (``RETAIN_LOSS_TYPE``: NLL or KL) and may extend the forget term
     (``compute_forget_loss``, as ASU_IDK does). Logging, run record and resume: :mod:`.base`.
@@ -74,7 +75,8 @@ class ASUTrainer(RecordedUnlearnRun, GradDiff):
 
     RETAIN_LOSS_TYPE = "NLL"
     LOGGED = ("forget_kl", "retain_loss")
-    OPTIONS = ("tau", "layers", "heads", "gamma", "alpha", "retain_loss_type", "teacher_path", "health_check", "retain_draw")
+    OPTIONS = ("tau", "layers", "heads", "gamma", "alpha", "retain_loss_type", "teacher_path", "health_check",
+               "retain_draw", "lora", "teacher_cache", "teacher_cache_max_gb")
     UNLEARN_COMMAND = UNLEARN_COMMAND
 
     def __init__(
@@ -89,6 +91,9 @@ class ASUTrainer(RecordedUnlearnRun, GradDiff):
         teacher_path: str | None = None,
         health_check: bool = True,
         retain_draw: str = draws.DEFAULT,
+        lora=None,
+        teacher_cache=False,
+        teacher_cache_max_gb: float = 4.0,
         **kwargs,
     ):
         training_args = kwargs.get("args")
@@ -107,6 +112,9 @@ class ASUTrainer(RecordedUnlearnRun, GradDiff):
             self.retain_draw = draws.check_retain_draw(retain_draw)
             if self.retain_draw == "indexed":
                 draws.check_indexed_dataset(kwargs.get("train_dataset"))
+            # LoRA (the student's base with adapters off is the original) and the teacher cache
+            model = kwargs["model"] = self.configure_original_model(
+                lora, teacher_cache, teacher_cache_max_gb, teacher_path, kwargs)
             frozen_source = _load_teacher(teacher_path, model) if teacher_path else model
         self._selection = selection
         # "NLL" here only stops GradDiff from copying the student: the frozen copy is ours
@@ -115,7 +123,7 @@ class ASUTrainer(RecordedUnlearnRun, GradDiff):
         # the frozen model (teacher inside smoothed_attention, reference outside) is a copy of
         # the model as loaded — the original, also when Trainer later resumes the student from
         # a checkpoint — or of teacher_path's model (continual unlearning, teacher=original)
-        self.ref_model = self._build_frozen_model(frozen_source)
+        self.ref_model = self._build_frozen_model(frozen_source) if self.frozen_copy_needed() else None
         del frozen_source
         # tau/layers=auto and the teacher health check (asu_run.json: teacher_choice, teacher_health)
         with failure_marker(output_dir, f"choosing the teacher of {type(self).__name__}"):
@@ -159,21 +167,26 @@ class ASUTrainer(RecordedUnlearnRun, GradDiff):
 
     @staticmethod
     def _forward_logits(model, batch) -> torch.Tensor:
-        return model(**{key: batch[key] for key in _MODEL_INPUTS}, use_cache=False).logits
+        return model(**model_inputs(batch), use_cache=False).logits
 
     def teacher_logits(self, batch) -> torch.Tensor:
-        """Logits of the frozen model with smoothed attention (the forget target)."""
-        with torch.no_grad(), smoothed_attention(self.ref_model, self.tau, self.layers, self.heads):
-            return self._forward_logits(self.ref_model, batch)
+        """Logits of the original model with smoothed attention (the forget target), from the
+        teacher cache when there is one."""
+        cached = self.cached_teacher_logits(batch)
+        return cached if cached is not None else self.teacher_pass(batch)
+
+    def teacher_pass(self, batch) -> torch.Tensor:
+        with self.frozen_model() as frozen, torch.no_grad(), smoothed_attention(frozen, self.tau, self.layers, self.heads):
+            return self._forward_logits(frozen, batch)
 
     def reference_logits(self, batch) -> torch.Tensor:
-        """Logits of the same frozen model, unsmoothed (the retain target of ASU_KL)."""
-        with torch.no_grad():
-            return self._forward_logits(self.ref_model, batch)
+        """Logits of the same original model, unsmoothed (the retain target of ASU_KL)."""
+        with self.frozen_model() as frozen, torch.no_grad():
+            return self._forward_logits(frozen, batch)
 
     def forget_kl(self, model, forget, labels=None):
         """ASU's forget term: KL(smoothed teacher || student) on the answer tokens of ``labels``."""
-        outputs = model(**{key: forget[key] for key in _MODEL_INPUTS}, use_cache=False)
+        outputs = model(**model_inputs(forget), use_cache=False)
         labels = forget["labels"] if labels is None else labels
         return token_kl(outputs.logits, self.teacher_logits(forget), labels), outputs
 
@@ -222,16 +235,20 @@ class ASUTrainer(RecordedUnlearnRun, GradDiff):
             "health_check": self.health_check,
             "retain_draw": self.retain_draw,
             "smoothed_layers": _ranges(self._selection.layers),
+            "lora": self.lora,
+            "teacher_cache": self._cache_plan.mode if self._cache_plan is not None else None,
         }
 
     def run_settings(self) -> dict:
         return self.asu_settings()
 
     def record_extra(self) -> dict:
+        fingerprint = self.frozen_fingerprint()
         return {
-            "frozen_fingerprint": run_record.weights_fingerprint(self.ref_model),
+            "frozen_fingerprint": fingerprint,
             "attention": getattr(self, "_attention", None),
             **self._teacher_record,
+            **self.prepare_original_model(fingerprint),  # the teacher cache, built (or reloaded) here
         }
 
     def rng_tracked(self) -> bool:
