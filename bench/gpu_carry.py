@@ -33,6 +33,9 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+from asu_plugin.openunlearning.environment import ou_dir  # noqa: E402  (stdlib only)
+
 CARRY = REPO / ".gpu-carry"
 CARRY_LIMIT = 64 * 2**20  # the device tool's limit on what travels: working tree + carried paths
 MACHINE_PACKAGES = Path(__file__).with_name("gpu_machine_packages.txt")
@@ -236,8 +239,7 @@ def simulated_site(carry: Path = CARRY, cache: Path | None = None) -> tuple[Path
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["prepare"])
-    parser.add_argument("--ou-dir", type=Path, default=Path(os.environ.get("OU_DIR") or
-                                                            "~/.cache/asu-plugin/open-unlearning").expanduser())
+    parser.add_argument("--ou-dir", type=Path, default=ou_dir())
     parser.add_argument("--shared-dir", type=Path, default=REPO.parent / "shared")
     parser.add_argument("--tokenizer", type=Path, default=Path("~/.cache/asu-plugin/models/SmolLM2-135M-Instruct").expanduser())
     args = parser.parse_args(argv)

@@ -35,12 +35,13 @@ from typing import NamedTuple
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(REPO / "src"))
 import gpu_carry  # noqa: E402  (bench/gpu_carry.py)
+from asu_plugin.openunlearning.environment import OFFLINE_ENV  # noqa: E402  (stdlib only: safe before any install)
 
 CAP_S = 240
 OU_STEPS = 10
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+OFFLINE = {**OFFLINE_ENV, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 
 
 class Stage(NamedTuple):
