@@ -47,7 +47,8 @@ def test_screen_bounds_each_with_its_figure():
     assert screen_failures(figures(1.0)) == []
     assert "first answer position 0.300 > 0.1" in screen_failures(figures(1.0, first=0.3))[0]
     assert "non-final answer positions 0.050 > 0.02" in screen_failures(figures(1.0, nonfinal=0.05))[0]
-    assert "function-token NLL increase 1.70 > 1" in screen_failures(figures(3.0, damage=1.7))[0]
+    assert "function-token NLL increase 0.45 > 0.3" in screen_failures(figures(3.0, damage=0.45))[0]
+    assert screen_failures(figures(0.25, damage=0.3, first=0.1, nonfinal=0.02)) == []  # the bounds themselves pass
     assert "factual-token NLL increase 0.10 < 0.25" in screen_failures(figures(0.1))[0]
     assert len(screen_failures(figures(0.1, damage=2.0, first=0.5))) == 3
 
@@ -56,8 +57,9 @@ def test_picks_the_largest_removal_among_the_teachers_that_pass():
     pool = [
         screened(2.8, range(30), "all", removal=4.0, damage=2.5),            # no sentences: screened out
         screened(2.3, range(15), "first half", removal=2.0, first=0.22),     # ends its turn: screened out
-        screened(2.3, range(10), "first third", removal=1.2, damage=0.6),    # best survivor, but loops
-        screened(2.0, range(10), "first third", removal=0.7, damage=0.3),    # second survivor: the choice
+        screened(2.3, range(10), "first third", removal=1.5, damage=0.6),    # no sentences: screened out
+        screened(2.3, range(5), "first sixth", removal=1.2, damage=0.28),    # best survivor, but loops
+        screened(2.0, range(10), "first third", removal=0.7, damage=0.25),   # second survivor: the choice
         screened(1.5, range(5), "first sixth", removal=0.3, damage=0.05),
     ]
     asked = []
@@ -68,7 +70,7 @@ def test_picks_the_largest_removal_among_the_teachers_that_pass():
 
     choice, finalists = decide(pool, generate)
     assert choice.candidate.key == "tau=2 layers=first third (0-9)"
-    assert asked == ["tau=2.3 layers=first third (0-9)", "tau=2 layers=first third (0-9)"]  # stops at the pass
+    assert asked == ["tau=2.3 layers=first sixth (0-4)", "tau=2 layers=first third (0-9)"]  # stops at the pass
     assert finalists[0]["failures"] == ["4 of 8 greedy answers looping (50% > 25%)",
                                         "4 of 8 greedy answers not fluent (50% > 25%)"]
 
