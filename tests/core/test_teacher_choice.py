@@ -15,6 +15,7 @@ from asu_plugin.core.teacher_choice import (
     decide,
     layer_set,
     screen_failures,
+    spread,
 )
 
 HEALTHY = {"n": 8, "empty_rate": 0.0, "loop_rate": 0.125, "not_fluent_rate": 0.125}
@@ -41,6 +42,11 @@ def test_layer_sets_of_a_30_layer_model():
     assert len(grid) == 24 and grid[0].key == "tau=1.5 layers=all (0-29)"
     assert [c.tau for c in candidates(30, layers=[0, 1, 2])] == [1.5, 2.0, 2.3, 2.8]
     assert {c.name for c in candidates(30, tau=2.0)} == set(expected) and len(candidates(2, tau=2.0)) == 3
+
+
+def test_screen_rows_are_spread_over_the_forget_set():
+    assert spread(40, 8) == [0, 6, 11, 17, 22, 28, 33, 39]  # forget01: both authors
+    assert spread(5, 8) == [0, 1, 2, 3, 4] and spread(9, 1) == [0]
 
 
 def test_screen_bounds_each_with_its_figure():

@@ -14,7 +14,8 @@ first half [0, L/2), first third [0, L/3), first sixth [0, L/6), middle third [L
 last third [2L/3, L) (integer division, at least one layer). ``tau=auto`` with fixed layers
 tries the four taus on those layers; ``layers=auto`` with a fixed tau tries the six layer sets.
 
-**1. Screen, teacher-forced (every candidate; one forward each on the first 8 forget rows).**
+**1. Screen, teacher-forced (every candidate; one forward each on 8 forget rows spread evenly
+over the forget set, :func:`spread`).**
 A candidate is out when any of these holds (figures of :func:`.teacher_health.teacher_forced_figures`):
 
 * ``special_first > 0.10`` — on rows with a question, the teacher's probability mass on special
@@ -89,6 +90,17 @@ DEFAULT_RULE = Rule()
 
 class TeacherChoiceError(SmoothingError):
     """No candidate teacher passes the rule; the message names the best one's failure and the fix."""
+
+
+def spread(total: int, count: int) -> list[int]:
+    """``count`` row indices spread evenly over ``range(total)``, first and last included (all
+    rows when there are no more than ``count``): TOFU's forget sets list their authors one after
+    another, so the first rows would all be about one author."""
+    if total <= count:
+        return list(range(total))
+    if count == 1:
+        return [0]
+    return [round(i * (total - 1) / (count - 1)) for i in range(count)]
 
 
 def layer_set(name: str, num_layers: int) -> tuple[int, ...]:
@@ -270,6 +282,6 @@ def with_class_figures(figures: dict) -> dict:
 
 __all__ = [
     "Candidate", "DEFAULT_RULE", "LAYER_SETS", "Rule", "Screened", "TAUS", "TeacherChoiceError",
-    "candidates", "decide", "generation_failures", "layer_set", "rank", "refusal", "screen_failures",
+    "candidates", "decide", "generation_failures", "layer_set", "rank", "refusal", "screen_failures", "spread",
     "with_class_figures",
 ]
