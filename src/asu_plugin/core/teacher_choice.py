@@ -23,7 +23,7 @@ A candidate is out when any of these holds (figures of :func:`.teacher_health.te
   end its turn before saying anything;
 * ``special_nonfinal > 0.02`` — the same mass at answer positions whose gold token is not
   special: the student would learn to stop mid-answer;
-* ``function_damage > 0.3`` nats/token — the teacher's NLL increase on the gold answers'
+* ``function_damage > 0.2`` nats/token — the teacher's NLL increase on the gold answers'
   *function* tokens (stop words, punctuation; :mod:`.words`): a teacher that no longer predicts
   "the", "of", "." does not speak, it loops or babbles (the bound comes from the diagnosis on
   SmolLM2-135M, bench/results/teacher.md; low function damage alone does not make a teacher
@@ -71,7 +71,7 @@ class Rule:
     screen_rows: int = 8
     special_first_max: float = 0.10
     special_nonfinal_max: float = 0.02
-    function_damage_max: float = 0.3
+    function_damage_max: float = 0.2
     min_removal: float = 0.25
     tie_nats: float = 0.05
     finalists: int = 3
