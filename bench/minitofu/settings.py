@@ -73,13 +73,22 @@ class MethodRow:
 # every method with OU's own defaults for its hyperparameters (configs/trainer/<trainer>.yaml);
 # the grid runs in this order, ASU first: a study cut short by a session's end still answers
 # its question (ASU beside the baselines finished so far)
+# The plugin's rows draw retain rows with OU's global RNG (retain_draw=ou), exactly as OU's own
+# trainers (the baselines) draw them and as the ASU rows did before the indexed draw existed.
+OU_DRAW = "trainer.method_args.retain_draw=ou"
+# the automatic teacher (issue 14): tau and layers chosen from the model and the forget set alone
+AUTO_TEACHER = ("trainer.method_args.tau=auto", "trainer.method_args.layers=auto")
 METHODS: dict[str, MethodRow] = {row.label: row for row in (
-    MethodRow("ASU_GD", "ASU_GD", "asu"),
-    MethodRow("ASU_KL", "ASU_KL", "asu"),
+    # the paper's setting (tau 2.3 on every layer)
+    MethodRow("ASU_GD", "ASU_GD", "asu", overrides=(OU_DRAW,)),
+    MethodRow("ASU_KL", "ASU_KL", "asu", overrides=(OU_DRAW,)),
+    MethodRow("ASU_GD_auto", "ASU_GD", "asu", overrides=(*AUTO_TEACHER, OU_DRAW)),
+    MethodRow("ASU_KL_auto", "ASU_KL", "asu", overrides=(*AUTO_TEACHER, OU_DRAW)),
     MethodRow("GradDiff", "GradDiff", "baseline"),
     MethodRow("NPO", "NPO", "rival"),
     MethodRow("SimNPO", "SimNPO", "baseline"),
     MethodRow("IDK", "DPO", "rival", experiment="unlearn/tofu/idk"),  # OU's IDK: DPO towards idk.jsonl
+    MethodRow("SGA", "SGA", "baseline"),  # configs/trainer/SGA.yaml defaults (our reading of the paper)
 )}
 
 

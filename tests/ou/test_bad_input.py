@@ -93,7 +93,7 @@ def test_register_without_openunlearning_says_how(tmp_path, reliability):
 
 def test_registration_idempotent(probe):
     result = probe("registry")
-    assert result["added"] == ["ASU_GD", "ASU_IDK", "ASU_KL"]
+    assert result["added"] == ["ASU_GD", "ASU_IDK", "ASU_KL", "SGA"]
     assert result["model_handler"] == "asu_plugin.openunlearning.teacher_model.ASUSmoothedTeacher"
     assert result["size_first"] == result["size_second"] == result["size_after_reload"]
     assert result["same_class"] is True

@@ -8,7 +8,8 @@ import pytest
 
 from .conftest import CPU_TRAIN, KL_STEPS
 
-pytestmark = pytest.mark.slow
+# the shared ASU_KL run (kl_run) is built once: both files run on the same pytest-xdist worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kl_run")]
 
 
 # ---- one shared ASU_KL run (kl_run, KL_STEPS steps) ---------------------------------------

@@ -56,7 +56,7 @@ removal), its failure with figures, and what to try.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
+from typing import Sequence
 
 from .errors import SmoothingError
 

@@ -21,6 +21,7 @@ teacher or raises the same error.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Optional
 
@@ -148,42 +149,45 @@ def resolve(trainer, tau, layers, health: bool) -> dict:
                 "or set tau and layers explicitly"
             )
         return {"teacher_health": _skipped("the trainer has no tokenizer")}
-    model = unwrap_model(trainer.ref_model)
-    try:
-        rows = forget_rows(trainer.train_dataset, tokenizer, DEFAULT_RULE.screen_rows)
-    except (KeyError, TypeError, AttributeError, ValueError) as error:
+    # the original model: the frozen copy, or a LoRA student's own base with its adapters off
+    frozen_model = getattr(trainer, "frozen_model", None)
+    with (frozen_model() if callable(frozen_model) else contextlib.nullcontext(trainer.ref_model)) as frozen:
+        model = unwrap_model(frozen)
+        try:
+            rows = forget_rows(trainer.train_dataset, tokenizer, DEFAULT_RULE.screen_rows)
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
+            if auto_tau or auto_layers:
+                raise TeacherChoiceError(f"cannot read the forget rows for the automatic teacher choice: {error}") from error
+            return {"teacher_health": _skipped(f"cannot read the forget rows ({type(error).__name__}: {error})")}
+
+        def decode(ids):
+            return tokenizer.decode(list(ids), skip_special_tokens=True)
+
+        common = {"decode": decode, "eos_ids": _eos_ids(model, tokenizer), "pad_id": _pad_id(tokenizer)}
         if auto_tau or auto_layers:
-            raise TeacherChoiceError(f"cannot read the forget rows for the automatic teacher choice: {error}") from error
-        return {"teacher_health": _skipped(f"cannot read the forget rows ({type(error).__name__}: {error})")}
-
-    def decode(ids):
-        return tokenizer.decode(list(ids), skip_special_tokens=True)
-
-    common = {"decode": decode, "eos_ids": _eos_ids(model, tokenizer), "pad_id": _pad_id(tokenizer)}
-    if auto_tau or auto_layers:
-        fingerprint = run_record.weights_fingerprint(model)
-        record = _run(trainer, lambda: choose_teacher(
-            model, rows, model_fingerprint=fingerprint, special_ids=special_token_ids(tokenizer),
-            tau=None if auto_tau else float(tau),
-            layers=None if auto_layers else trainer._selection.layers, **common,
-        ))
-        trainer.tau = record["choice"]["tau"]
-        trainer.layers = record["choice"]["layers"]
-        cost = record.get("cost_s", {})
-        logger.info(
-            "ASU teacher chosen automatically: %s (%s; removal %.2f nats/token, function damage %.2f; "
-            "%d candidates screened; %s)", record["choice"]["key"], record["choice"]["layer_set"],
-            record["choice"]["figures"]["removal"], record["choice"]["figures"]["function_damage"],
-            len(record["candidates"]),
-            "from the cache" if record["cache"]["hit"]
-            else f"{cost.get('total', 0):.0f} s, {cost.get('cpu', 0):.0f} CPU-s",
-        )
-        extra["teacher_choice"] = record
-    if health:
-        report = _run(trainer, lambda: health_check(model, rows, (trainer.tau, trainer.layers), **common))
-        extra["teacher_health"] = report
-        warn_if_unhealthy(report, trainer.tau, trainer.layers)
-    return extra
+            fingerprint = run_record.weights_fingerprint(model)
+            record = _run(trainer, lambda: choose_teacher(
+                model, rows, model_fingerprint=fingerprint, special_ids=special_token_ids(tokenizer),
+                tau=None if auto_tau else float(tau),
+                layers=None if auto_layers else trainer._selection.layers, **common,
+            ))
+            trainer.tau = record["choice"]["tau"]
+            trainer.layers = record["choice"]["layers"]
+            cost = record.get("cost_s", {})
+            logger.info(
+                "ASU teacher chosen automatically: %s (%s; removal %.2f nats/token, function damage %.2f; "
+                "%d candidates screened; %s)", record["choice"]["key"], record["choice"]["layer_set"],
+                record["choice"]["figures"]["removal"], record["choice"]["figures"]["function_damage"],
+                len(record["candidates"]),
+                "from the cache" if record["cache"]["hit"]
+                else f"{cost.get('total', 0):.0f} s, {cost.get('cpu', 0):.0f} CPU-s",
+            )
+            extra["teacher_choice"] = record
+        if health:
+            report = _run(trainer, lambda: health_check(model, rows, (trainer.tau, trainer.layers), **common))
+            extra["teacher_health"] = report
+            warn_if_unhealthy(report, trainer.tau, trainer.layers)
+        return extra
 
 
 def _skipped(why: str) -> dict:
