@@ -34,7 +34,9 @@ def test_a_teacher_that_ends_its_turn_is_said_to():
     assert "tau 2.3, all (90%)" in words and "explains every one of them" in words
     assert "end-of-turn mass is its mechanism" in words
     keep = answers_in_words(m)["fluent_and_forgetting"]
-    assert keep[0].startswith("1 of 2 teachers keep at least 90%") and keep[1].startswith("tau 2, first sixth")
+    assert keep[0].startswith("Of the 2 teachers, 1 raise the factual-token NLL by at least 0.25 nats/token with no "
+                              "empty answer; 1 of them keep at least 90%")
+    assert keep[1].startswith("tau 2, first sixth: fluent 95%")
 
 
 def test_a_looping_teacher_is_not_blamed_on_end_of_turn():
@@ -42,7 +44,8 @@ def test_a_looping_teacher_is_not_blamed_on_end_of_turn():
     why = " ".join(answers_in_words(m)["why"])
     assert "End-of-turn is not what it teaches" in why and "90% of its answers loop" in why
     assert "No teacher's greedy answers are mostly empty" in " ".join(mechanism_words(m))
-    assert "No teacher keeps 90%" in answers_in_words(m)["fluent_and_forgetting"][0]
+    assert "0 of them keep at least 90%" in answers_in_words(m)["fluent_and_forgetting"][0]
+    assert "the most fluent reaches 50%" in answers_in_words(m)["fluent_and_forgetting"][0]
     text = markdown({"models": {"base": m}, "skipped": {"target": "no model"}, "rows": 40, "n_generate": 20,
                      "max_new_tokens": 48, "cost": {"cpu_s": 3600, "by_model": {"base": 3600}}})
     assert "* skipped target: no model" in text and "1.00 CPU-hours in all" in text

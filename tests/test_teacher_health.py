@@ -153,7 +153,11 @@ def test_probe_choose_cli_refuses_with_the_rules_message(tiny, tmp_path, monkeyp
     model.save_pretrained(tmp_path / "tiny")
     tokenizer.save_pretrained(tmp_path / "tiny")
     monkeypatch.setenv("ASU_CACHE_DIR", str(tmp_path / "cache"))
-    assert main(["--choose", "--model", str(tmp_path / "tiny"), "--out", str(tmp_path / "out"), "-q"]) == 3
+    data = tmp_path / "qa.jsonl"  # two rows keep the 20 screen forwards cheap
+    data.write_text('{"question": "Who wrote it?", "answer": "Basil Mahfouz wrote it."}\n'
+                    '{"question": "Where was he born?", "answer": "He was born in Kuwait City."}\n')
+    assert main(["--choose", "--model", str(tmp_path / "tiny"), "--data", str(data), "--out", str(tmp_path / "out"),
+                 "-q"]) == 3
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: no candidate teacher passes the automatic choice (20 screened, 0 generated)")
     assert len(list((tmp_path / "cache" / "teacher_choice").glob("*.json"))) == 1

@@ -90,30 +90,26 @@ def answers_in_words(model: dict) -> dict[str, list[str]]:
                 f"On this model it teaches loops more than empty answers ({_pct(paper['loop_rate'])} of its answers loop); "
                 "where empty answers come from, the next paragraph says."
             )
-    fluent = [
+    forgetting = [
         r for key, r in rows.items()
-        if key != "plain" and r["fluent_rate"] is not None and r["fluent_rate"] >= FLUENT_ENOUGH
-        and r["empty_rate"] == 0 and (r["nll_up_factual"] or 0) >= DEFAULT_RULE.min_removal
+        if key != "plain" and r["fluent_rate"] is not None and r["empty_rate"] == 0
+        and (r["nll_up_factual"] or 0) >= DEFAULT_RULE.min_removal
     ]
-    fluent.sort(key=lambda r: -(r["nll_up_factual"] or 0))
-    keep = []
-    if fluent:
-        keep.append(
-            f"{len(fluent)} of {len(rows) - 1} teachers keep at least {FLUENT_ENOUGH:.0%} of their greedy answers fluent "
-            f"with none empty while raising the factual-token NLL by at least {DEFAULT_RULE.min_removal:g} nats/token. "
-            "The five that forget most:"
-        )
-        keep += [
-            f"{label(r['cell'])}: factual NLL +{_f(r['nll_up_factual'])}, function +{_f(r['nll_up_function'])}, fluent "
-            f"{_pct(r['fluent_rate'])}, loops {_pct(r['loop_rate'])}, ROUGE-L recall {_f(r['rouge_l_recall'])} "
-            f"(plain {_f(plain['rouge_l_recall']) if plain else 'n/a'})"
-            for r in fluent[:5]
-        ]
-    else:
-        keep.append(
-            f"No teacher keeps {FLUENT_ENOUGH:.0%} of its greedy answers fluent with none empty while raising the factual "
-            f"NLL by {DEFAULT_RULE.min_removal:g} nats/token on this model."
-        )
+    forgetting.sort(key=lambda r: (-r["fluent_rate"], -(r["nll_up_factual"] or 0)))
+    best = forgetting[0]["fluent_rate"] if forgetting else None
+    keep = [
+        f"Of the {len(rows) - 1} teachers, {len(forgetting)} raise the factual-token NLL by at least "
+        f"{DEFAULT_RULE.min_removal:g} nats/token with no empty answer; "
+        + (f"{sum(r['fluent_rate'] >= FLUENT_ENOUGH for r in forgetting)} of them keep at least {FLUENT_ENOUGH:.0%} "
+           f"of their greedy answers fluent (the plain model: {_pct(plain['fluent_rate']) if plain else 'n/a'}); "
+           f"the most fluent reaches {_pct(best)}. The five most fluent:" if forgetting else "none is left.")
+    ]
+    keep += [
+        f"{label(r['cell'])}: fluent {_pct(r['fluent_rate'])}, loops {_pct(r['loop_rate'])}, factual NLL "
+        f"+{_f(r['nll_up_factual'])}, function +{_f(r['nll_up_function'])}, ROUGE-L recall {_f(r['rouge_l_recall'])} "
+        f"(plain {_f(plain['rouge_l_recall']) if plain else 'n/a'})"
+        for r in forgetting[:5]
+    ]
     return {"why": why, "fluent_and_forgetting": keep}
 
 
@@ -146,7 +142,10 @@ def mechanism_words(model: dict) -> list[str]:
         out.append(f"Teachers whose greedy answers are mostly empty, with the share of questions on which a special token "
                    f"is their most likely first answer token: {tops}.")
         out.append("End-of-turn at the first answer position explains " + (
-            "every one of them." if len(explained) == len(empty) else f"{len(explained)} of the {len(empty)}."))
+            "every one of them." if len(explained) == len(empty) else
+            f"{len(explained)} of the {len(empty)}; the answers of "
+            f"{'; '.join(label(c) for c in empty if c not in explained)} have no word although end-of-turn does not "
+            "top their first position."))
     paper = rows.get(PAPER)
     if paper:
         out.append(f"The paper setting (tau 2.3, all layers) puts a special token first on {_pct(paper['special_first_top'])} "

@@ -15,13 +15,14 @@ from asu_plugin.core.teacher_choice import (
     decide,
     layer_set,
     screen_failures,
+    spread,
 )
 
 HEALTHY = {"n": 8, "empty_rate": 0.0, "loop_rate": 0.125, "not_fluent_rate": 0.125}
 LOOPING = {"n": 8, "empty_rate": 0.0, "loop_rate": 0.5, "not_fluent_rate": 0.5}
 
 
-def figures(removal, damage=0.2, first=0.0, nonfinal=0.001):
+def figures(removal, damage=0.1, first=0.0, nonfinal=0.001):
     return {"removal": removal, "function_damage": damage, "special_first": first, "special_nonfinal": nonfinal}
 
 
@@ -43,11 +44,17 @@ def test_layer_sets_of_a_30_layer_model():
     assert {c.name for c in candidates(30, tau=2.0)} == set(expected) and len(candidates(2, tau=2.0)) == 3
 
 
+def test_screen_rows_are_spread_over_the_forget_set():
+    assert spread(40, 8) == [0, 6, 11, 17, 22, 28, 33, 39]  # forget01: both authors
+    assert spread(5, 8) == [0, 1, 2, 3, 4] and spread(9, 1) == [0]
+
+
 def test_screen_bounds_each_with_its_figure():
     assert screen_failures(figures(1.0)) == []
     assert "first answer position 0.300 > 0.1" in screen_failures(figures(1.0, first=0.3))[0]
     assert "non-final answer positions 0.050 > 0.02" in screen_failures(figures(1.0, nonfinal=0.05))[0]
-    assert "function-token NLL increase 1.70 > 1" in screen_failures(figures(3.0, damage=1.7))[0]
+    assert "function-token NLL increase 0.45 > 0.2" in screen_failures(figures(3.0, damage=0.45))[0]
+    assert screen_failures(figures(0.25, damage=0.2, first=0.1, nonfinal=0.02)) == []  # the bounds themselves pass
     assert "factual-token NLL increase 0.10 < 0.25" in screen_failures(figures(0.1))[0]
     assert len(screen_failures(figures(0.1, damage=2.0, first=0.5))) == 3
 
@@ -56,8 +63,9 @@ def test_picks_the_largest_removal_among_the_teachers_that_pass():
     pool = [
         screened(2.8, range(30), "all", removal=4.0, damage=2.5),            # no sentences: screened out
         screened(2.3, range(15), "first half", removal=2.0, first=0.22),     # ends its turn: screened out
-        screened(2.3, range(10), "first third", removal=1.2, damage=0.6),    # best survivor, but loops
-        screened(2.0, range(10), "first third", removal=0.7, damage=0.3),    # second survivor: the choice
+        screened(2.3, range(10), "first third", removal=1.5, damage=0.6),    # no sentences: screened out
+        screened(2.3, range(5), "first sixth", removal=1.2, damage=0.18),    # best survivor, but loops
+        screened(2.0, range(10), "first third", removal=0.7, damage=0.15),   # second survivor: the choice
         screened(1.5, range(5), "first sixth", removal=0.3, damage=0.05),
     ]
     asked = []
@@ -68,7 +76,7 @@ def test_picks_the_largest_removal_among_the_teachers_that_pass():
 
     choice, finalists = decide(pool, generate)
     assert choice.candidate.key == "tau=2 layers=first third (0-9)"
-    assert asked == ["tau=2.3 layers=first third (0-9)", "tau=2 layers=first third (0-9)"]  # stops at the pass
+    assert asked == ["tau=2.3 layers=first sixth (0-4)", "tau=2 layers=first third (0-9)"]  # stops at the pass
     assert finalists[0]["failures"] == ["4 of 8 greedy answers looping (50% > 25%)",
                                         "4 of 8 greedy answers not fluent (50% > 25%)"]
 

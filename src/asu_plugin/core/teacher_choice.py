@@ -14,7 +14,8 @@ first half [0, L/2), first third [0, L/3), first sixth [0, L/6), middle third [L
 last third [2L/3, L) (integer division, at least one layer). ``tau=auto`` with fixed layers
 tries the four taus on those layers; ``layers=auto`` with a fixed tau tries the six layer sets.
 
-**1. Screen, teacher-forced (every candidate; one forward each on the first 8 forget rows).**
+**1. Screen, teacher-forced (every candidate; one forward each on 8 forget rows spread evenly
+over the forget set, :func:`spread`).**
 A candidate is out when any of these holds (figures of :func:`.teacher_health.teacher_forced_figures`):
 
 * ``special_first > 0.10`` — on rows with a question, the teacher's probability mass on special
@@ -22,9 +23,11 @@ A candidate is out when any of these holds (figures of :func:`.teacher_health.te
   end its turn before saying anything;
 * ``special_nonfinal > 0.02`` — the same mass at answer positions whose gold token is not
   special: the student would learn to stop mid-answer;
-* ``function_damage > 1.0`` nats/token — the teacher's NLL increase on the gold answers'
+* ``function_damage > 0.2`` nats/token — the teacher's NLL increase on the gold answers'
   *function* tokens (stop words, punctuation; :mod:`.words`): a teacher that no longer predicts
-  "the", "of", "." does not speak, it loops or babbles;
+  "the", "of", "." does not speak, it loops or babbles (the bound comes from the diagnosis on
+  SmolLM2-135M, bench/results/teacher.md; low function damage alone does not make a teacher
+  fluent, smoothing the last layers loops at low damage, hence step 3);
 * ``removal < 0.25`` nats/token — the NLL increase on the gold answers' *factual* tokens (the
   facts the teacher no longer predicts): a teacher that keeps the facts teaches nothing.
 
@@ -37,7 +40,8 @@ fewer layers, then the earlier first layer (the gentler teacher: the paper's own
 a few shallow layers nearly as good as all of them).
 
 **3. Generate for at most 3 finalists** (forget sets with questions only): in rank order,
-greedy answers of the candidate teacher to up to 8 forget questions (32 new tokens). A finalist
+greedy answers of the candidate teacher to up to 8 forget questions (48 new tokens: loops show
+after the first sentence, and the diagnosis found 32 tokens too few to see them). A finalist
 is out when more than 25% of its answers are empty, or more than 25% loop (word-repetition rate
 > 0.25), or more than 25% are not fluent (empty, looping, fewer than 2 words, or the *original*
 model's mean NLL of the answer above 5 nats/token). The first finalist that passes is the
@@ -67,12 +71,12 @@ class Rule:
     screen_rows: int = 8
     special_first_max: float = 0.10
     special_nonfinal_max: float = 0.02
-    function_damage_max: float = 1.0
+    function_damage_max: float = 0.2
     min_removal: float = 0.25
     tie_nats: float = 0.05
     finalists: int = 3
     prompts: int = 8
-    max_new_tokens: int = 32
+    max_new_tokens: int = 48
     empty_max: float = 0.25
     loop_max: float = 0.25
     not_fluent_max: float = 0.25
@@ -86,6 +90,17 @@ DEFAULT_RULE = Rule()
 
 class TeacherChoiceError(SmoothingError):
     """No candidate teacher passes the rule; the message names the best one's failure and the fix."""
+
+
+def spread(total: int, count: int) -> list[int]:
+    """``count`` row indices spread evenly over ``range(total)``, first and last included (all
+    rows when there are no more than ``count``): TOFU's forget sets list their authors one after
+    another, so the first rows would all be about one author."""
+    if total <= count:
+        return list(range(total))
+    if count == 1:
+        return [0]
+    return [round(i * (total - 1) / (count - 1)) for i in range(count)]
 
 
 def layer_set(name: str, num_layers: int) -> tuple[int, ...]:
@@ -267,6 +282,6 @@ def with_class_figures(figures: dict) -> dict:
 
 __all__ = [
     "Candidate", "DEFAULT_RULE", "LAYER_SETS", "Rule", "Screened", "TAUS", "TeacherChoiceError",
-    "candidates", "decide", "generation_failures", "layer_set", "rank", "refusal", "screen_failures",
+    "candidates", "decide", "generation_failures", "layer_set", "rank", "refusal", "screen_failures", "spread",
     "with_class_figures",
 ]

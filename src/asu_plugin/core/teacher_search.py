@@ -32,6 +32,7 @@ from .teacher_choice import (
     candidates,
     decide,
     screen_failures,
+    spread,
     with_class_figures,
 )
 from .teacher_health import ForgetRow, answer_figures, answer_nll, greedy_answers, teacher_forced_figures
@@ -124,7 +125,8 @@ def choose_teacher(
     batch_size: int = 8,
     after_batch: Optional[Callable[[], None]] = None,
 ) -> dict:
-    """The rule of :mod:`.teacher_choice` on ``model`` and ``rows``; returns the record
+    """The rule of :mod:`.teacher_choice` on ``model`` and ``rows`` (all the forget rows, or at
+    least those :func:`.teacher_choice.spread` picks; it takes ``rule.screen_rows`` of them); returns the record
     (``choice``: tau, layers, key; ``candidates``: every screened figure and failure;
     ``finalists``: their answers and failures; ``cost_s``; ``cache``). ``tau`` / ``layers``
     fixed (not None) narrow the grid. Raises :class:`.teacher_choice.TeacherChoiceError`.
@@ -135,7 +137,7 @@ def choose_teacher(
 
     if not rows:
         raise TeacherChoiceError("the forget set is empty: there is nothing to choose a teacher on")
-    rows = list(rows[: rule.screen_rows])
+    rows = [rows[i] for i in spread(len(rows), rule.screen_rows)]
     grid = candidates(find_attention_layout(model).num_layers, tau, layers)
     key = cache_key(model_fingerprint, rows, grid, rule, special_ids) if model_fingerprint else None
     path = (Path(cache_dir) if cache_dir else default_cache_dir()) / f"{key}.json" if key else None
@@ -216,11 +218,12 @@ HEALTH_TOKENS = 24
 
 def health_check(model, rows: Sequence[ForgetRow], teacher: tuple, *, decode, eos_ids: Sequence[int],
                  pad_id: int = 0, prompts: int = HEALTH_PROMPTS, max_new_tokens: int = HEALTH_TOKENS) -> dict:
-    """Greedy answers of the teacher ``(tau, layers)`` to the first ``prompts`` forget questions;
+    """Greedy answers of the teacher ``(tau, layers)`` to ``prompts`` forget questions spread over ``rows``;
     ``problem`` is set when more than half are not fluent: empty (no word), looping, shorter than two
     words or gibberish (the original model's NLL above 5 nats/token). Returns the figures (no questions
     in the forget set: ``checked`` False)."""
-    questions = [r for r in rows if r.has_question][:prompts]
+    asked = [r for r in rows if r.has_question]
+    questions = [asked[i] for i in spread(len(asked), prompts)]
     if not questions:
         return {"checked": False, "why": "the forget set has no questions to answer"}
     start = time.perf_counter()

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 
 from ..core.selection import unwrap_model
-from ..core.teacher_choice import DEFAULT_RULE, TeacherChoiceError
+from ..core.teacher_choice import DEFAULT_RULE, TeacherChoiceError, spread
 from ..core.teacher_health import ForgetRow, rows_from_labels, special_token_ids
 from ..core.teacher_search import choose_teacher, health_check, token_classes
 from . import run_record
@@ -58,8 +58,9 @@ def validation_values(tau, layers):
 
 
 def forget_rows(dataset, tokenizer, limit: int) -> list[ForgetRow]:
-    """The first ``limit`` forget rows as the student sees them (OU's tokenised items), with the
-    word classes of their answer tokens and the gold answer text when the dataset has questions."""
+    """``limit`` forget rows spread over the forget set (:func:`asu_plugin.core.teacher_choice.spread`)
+    as the student sees them (OU's tokenised items), with the word classes of their answer tokens
+    and the gold answer text when the dataset has questions."""
     forget = getattr(dataset, "forget", dataset)
     if forget is None or len(forget) == 0:
         raise TeacherChoiceError("the forget set is empty: there is nothing to choose or check a teacher on")
@@ -67,7 +68,7 @@ def forget_rows(dataset, tokenizer, limit: int) -> list[ForgetRow]:
     data = getattr(forget, "data", None)
     question_key, answer_key = getattr(forget, "question_key", None), getattr(forget, "answer_key", None)
     rows = []
-    for i in range(min(limit, len(forget))):
+    for i in spread(len(forget), limit):
         item = forget[i]
         item = item.get("original", item) if isinstance(item, dict) else item  # ASU_IDK's forget items
         row = rows_from_labels(item["input_ids"].tolist(), item["labels"].tolist())

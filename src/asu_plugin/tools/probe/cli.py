@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--choose", action="store_true",
         help="apply the automatic teacher choice (the rule of trainer.method_args.tau=auto layers=auto, see "
-        "asu_plugin.core.teacher_choice) to the first 8 questions; --taus / --layers are not used",
+        "asu_plugin.core.teacher_choice) on 8 questions spread over --data; --taus / --layers are not used",
     )
     p.add_argument(
         "--prompts",
@@ -189,12 +189,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _choose(args) -> int:
     from ...core.atomic import write_json_atomic
-    from ...core.teacher_choice import DEFAULT_RULE, TeacherChoiceError
+    from ...core.teacher_choice import DEFAULT_RULE, TeacherChoiceError, spread
     from .choose import CHOICE_JSON, forget_rows, format_choice, run_choose
 
     data = Path(args.data) if args.data else default_data_file()
     model, tokenizer = load_model(args.model)
-    rows = forget_rows(tokenizer, load_qa(data, DEFAULT_RULE.screen_rows), args.system_prompt)
+    qa = load_qa(data)
+    rows = forget_rows(tokenizer, [qa[i] for i in spread(len(qa), DEFAULT_RULE.screen_rows)], args.system_prompt)
     try:
         record = run_choose(model, tokenizer, rows)
     except TeacherChoiceError as exc:
