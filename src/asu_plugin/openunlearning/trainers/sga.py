@@ -174,7 +174,8 @@ class SGA(RecordedUnlearnRun, GradAscent):
         if missing:
             raise KeyError(
                 f"SGA: the batch lacks normal rows {missing} (K={self.K}); its train dataset must be the one "
-                "the trainer wraps (NormalRowsDataset), not replaced after the trainer was built"
+                "the trainer wraps (NormalRowsDataset), not replaced after the trainer was built, and "
+                "trainer.args.remove_unused_columns must be false (as OU's unlearn.yaml sets it)"
             )
         return forget, [normal[j] for j in range(self.K - 1)]
 
