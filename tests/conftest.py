@@ -14,7 +14,6 @@ import pytest
 
 OU_TESTS = Path(__file__).parent / "ou"
 _outcomes: dict[str, str] = {}
-_collected = {"ou": 0}
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +40,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if OU_TESTS in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.ou)
-            _collected["ou"] += 1
 
 
 def pytest_runtest_logreport(report):
+    # runs where the reports arrive: in the one process, or in pytest-xdist's controller (which
+    # collects nothing itself), so OU tests are recognised by their marker, not by collection
     if "ou" not in report.keywords:
         return
     if report.when == "call" or report.outcome != "passed":
@@ -61,7 +61,7 @@ def _counts():
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not _collected["ou"] or config.getoption("collectonly"):
+    if not _outcomes or config.getoption("collectonly"):
         return  # e.g. the core-only runs of the transformers matrix
     ran, skipped = _counts()
     terminalreporter.write_line(f"OpenUnlearning tests: {ran} ran, {skipped} skipped (OU_DIR={os.environ.get('OU_DIR', '~/.cache/asu-plugin/open-unlearning')})")

@@ -3,25 +3,29 @@
 No timed assertions: the benchmark is the measure (`make bench-perf`). These tests only keep
 the benchmark from rotting: it runs, writes perf.json / perf.md with the expected keys and
 finite numbers. The trainer sections need OpenUnlearning at OU_DIR; without it --quick skips
-them cleanly and the tests that need them skip with a reason.
+them cleanly and the tests that need them skip with a reason. Besides: the bench's float64
+reference against the definition in plain Python, the README's figures against perf.json, and
+the analysis of a pair timed in fresh processes on hand-made samples.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.bench_scripts import load_bench
+from asu_plugin.openunlearning.environment import ou_dir
 
 REPO = Path(__file__).resolve().parents[1]
 PERF = REPO / "bench" / "perf.py"
-OU_SRC = Path(os.environ.get("OU_DIR") or "~/.cache/asu-plugin/open-unlearning").expanduser() / "src"
+if str(REPO / "bench") not in sys.path:  # the bench's package, perfbench, lives next to perf.py
+    sys.path.insert(0, str(REPO / "bench"))
+OU_SRC = ou_dir() / "src"
 HAVE_OU = (OU_SRC / "trainer" / "__init__.py").is_file()
 needs_ou = pytest.mark.skipif(not HAVE_OU, reason=f"OpenUnlearning not found at {OU_SRC.parent} (set OU_DIR)")
 
@@ -83,10 +87,14 @@ def test_quick_run_writes_reports(quick_run):
         assert row["naive_alloc_peak_mb"]["median"] > 0 and row["ours_alloc_peak_mb"]["median"] > 0
         assert row["value_abs_diff"] <= 1e-6
         assert row["grad_max_rel_diff"] <= 1e-5
+        # fp32 against the float64 reference: rounding only, and the reference is not the naive value
+        assert row["value_abs_diff_fp64"] <= 1e-5 and row["value_naive_abs_diff_fp64"] <= 1e-5
+        assert row["grad_max_rel_diff_fp64"] <= 1e-5
+        assert row["value_fp64"] == pytest.approx(row["value_ours"], rel=1e-5)
     assert any(g["name"].startswith("forget-loss memory") for g in document["goals"])
     _assert_finite(document, ["teacher_overhead", "forget_loss_memory", "goals"])
 
-    for heading in ("## Goals", "## Teacher overhead", "## Forget-loss memory"):
+    for heading in ("## Goals", "## Teacher overhead", "## Forget-loss memory", "Against the float64 reference"):
         assert heading in markdown
     assert meta["machine"]["torch"] in markdown
 
@@ -129,26 +137,134 @@ def test_quick_run_trainer_sections(quick_run):
 @needs_ou
 def test_asu_trainers_call_loss_token_kl(monkeypatch, tmp_path):
     """The forget loss the benchmark measures is the one the trainers run."""
-    perf = load_bench("perf")
-    ok, reason = perf.import_ou()
+    from perfbench import ou_trainers
+    from perfbench.config import make_config
+
+    ok, reason = ou_trainers.import_ou()
     assert ok, reason
     import asu_plugin.core.loss as loss_module
-    import asu_plugin.openunlearning.trainers as trainers_module
+    import asu_plugin.openunlearning.trainers.asu as asu_module
 
-    assert trainers_module.token_kl is loss_module.token_kl
+    assert asu_module.token_kl is loss_module.token_kl
+    function, description = ou_trainers.measured_token_kl()
+    assert function is loss_module.token_kl and description.startswith(asu_module.__name__)
     calls = []
 
     def counted(*args, **kwargs):
         calls.append(args[0].shape)
         return loss_module.token_kl(*args, **kwargs)
 
-    monkeypatch.setattr(trainers_module, "token_kl", counted)
-    cfg = perf.make_config(perf.parse_args(["--quick"]))
+    monkeypatch.setattr(asu_module, "token_kl", counted)
+    cfg = make_config(quick=True, model="unused")
     for name, expected in (("ASU_GD", 1), ("ASU_KL", 2)):
-        model = perf.load_model(cfg)
-        dataset, collator, batch = perf.make_batch(perf.vocab_size(model), 2, 16, 8)
-        trainer = perf.build_trainer(name, model, dataset, collator, 2, str(tmp_path / name))
+        model = ou_trainers.load_model(cfg)
+        dataset, collator, batch = ou_trainers.make_batch(ou_trainers.vocab_size(model), 2, 16, 8)
+        trainer = ou_trainers.build_trainer(name, model, dataset, collator, 2, str(tmp_path / name))
         calls.clear()
         loss = trainer.compute_loss(trainer.model, batch)
         assert math.isfinite(float(loss.detach()))
         assert len(calls) == expected, (name, calls)
+
+
+def _kl_definition(student, target, labels):
+    """Mean over samples with answers of the mean per-answer-token KL(softmax(target) || softmax(student)),
+    and its gradient (softmax(student) - softmax(target)) / (answers of the sample x samples), in
+    plain Python floats (float64) from nested lists."""
+
+    def log_softmax(row):
+        top = max(row)
+        norm = top + math.log(math.fsum(math.exp(x - top) for x in row))
+        return [x - norm for x in row]
+
+    per_sample, grad_terms = [], []
+    for b, rows in enumerate(student):
+        answer = [t for t in range(len(rows) - 1) if labels[b][t + 1] != -100]
+        kls = []
+        for t in answer:
+            log_q, log_p = log_softmax(student[b][t]), log_softmax(target[b][t])
+            kls.append(math.fsum(math.exp(lp) * (lp - lq) for lp, lq in zip(log_p, log_q)))
+            grad_terms.append((b, t, len(answer), [math.exp(lq) - math.exp(lp) for lp, lq in zip(log_p, log_q)]))
+        if answer:
+            per_sample.append(math.fsum(kls) / len(answer))
+    grad = [[[0.0] * len(student[0][0]) for _ in student[0]] for _ in student]
+    for b, t, count, row in grad_terms:
+        grad[b][t] = [g / (count * len(per_sample)) for g in row]
+    return math.fsum(per_sample) / len(per_sample), grad
+
+
+def test_float64_reference_is_the_definition_in_float64():
+    """The bench's float64 reference agrees with the definition to float64 rounding (1e-13), far
+    below the ~1e-7 an fp32 computation is off by: it is a real float64 reference."""
+    import torch
+    from perfbench.sections.loss import float64_reference
+
+    rng = random.Random(3)
+    batch, length, vocab = 3, 6, 11
+    student = [[[rng.gauss(0, 3) for _ in range(vocab)] for _ in range(length)] for _ in range(batch)]
+    target = [[[rng.gauss(0, 3) for _ in range(vocab)] for _ in range(length)] for _ in range(batch)]
+    labels = [[-100, -100, 5, 6, 7, 8], [-100, -100, -100, -100, -100, -100], [-100, 4, 5, -100, 7, 8]]
+    expected_value, expected_grad = _kl_definition(student, target, labels)
+
+    value, grad = float64_reference(torch.tensor(student, dtype=torch.float64),
+                                    torch.tensor(target, dtype=torch.float64), torch.tensor(labels))
+    assert grad.dtype == torch.float64
+    assert value == pytest.approx(expected_value, rel=1e-13, abs=1e-15)
+    worst = max(abs(g - e) for gb, eb in zip(grad.tolist(), expected_grad) for gt, et in zip(gb, eb)
+                for g, e in zip(gt, et))
+    assert worst <= 1e-15, worst
+
+
+def test_readme_figures_come_from_perf_json():
+    """bench/README.md's figures block is exactly what the report writer makes of bench/results/perf.json."""
+    from perfbench.readme import current_block, readme_block
+
+    document = json.loads((REPO / "bench" / "results" / "perf.json").read_text())
+    block = current_block((REPO / "bench" / "README.md").read_text())
+    assert block == readme_block(document), "bench/README.md is stale: run `python bench/perf.py --report-only`"
+
+
+def test_fresh_pair_is_planned_and_analysed():
+    """A pair timed in fresh processes: the plan's points, given hand-made samples, give the
+    per-process ratios (median of 4/2, 9/3, 5/4 = 2), the RSS ratio of medians and the goals."""
+    from perfbench.comparisons import Pair
+    from perfbench.config import make_config
+    from perfbench.sections import step
+
+    cfg = make_config(quick=False, model="unused")
+    cfg["step"]["rss_reps"] = 3
+    pair = Pair("cache", candidate="ASU_GD", baseline="NPO_NLL", timing="fresh")
+    points = step.plan(cfg, pairs=(pair,))
+    assert [p["name"] for p in points] == ["step_fresh:ASU_GD:r0", "step_fresh:NPO_NLL:r0", "step_fresh:NPO_NLL:r1",
+                                           "step_fresh:ASU_GD:r1", "step_fresh:ASU_GD:r2", "step_fresh:NPO_NLL:r2"]
+    assert all(p["warmup"] == cfg["step"]["warmup"] and p["count"] for p in points)
+    assert step.rss_methods(cfg, pairs=(pair,)) == []
+    samples = {"ASU_GD": ([4.0, 9.0, 5.0], [100.0, 110.0, 120.0]), "NPO_NLL": ([2.0, 3.0, 4.0], [200.0, 190.0, 180.0])}
+    results = {}
+    for p in points:
+        rep = int(p["name"][-1])
+        step_s, rss = samples[p["method"]]
+        results[p["name"]] = {"step_s": step_s[rep], "peak_rss_mb": rss[rep], "vocab": 7,
+                              "passes": {"student_forward": 2}, "token_kl_calls": {"n": 1, "is_loss_token_kl": True}}
+    report = {"goals": []}
+    step.analyse(cfg, results, report, pairs=(pair,))
+    entry = report["train_step"]["pairs"]["cache"]
+    assert entry["time_ratio"]["samples"] == [2.0, 3.0, 1.25] and entry["time_ratio"]["median"] == 2.0
+    assert entry["rss_ratio"] == pytest.approx(110.0 / 190.0)
+    assert [(g["name"], g["met"]) for g in report["goals"]] == [
+        ("step time ASU_GD / NPO_NLL", False), ("step peak RSS ASU_GD / NPO_NLL", True)]
+    assert "slower by 62.5% even at the IQR's low end" in report["goals"][0]["text"]
+
+
+def test_partial_run_refuses_another_configuration(tmp_path):
+    """--only into a perf.json of another configuration stops, before measuring, with the
+    differing keys and the fix; the same configuration is accepted."""
+    from perfbench.config import make_config
+    from perfbench.run import previous_document
+
+    quick = make_config(quick=True, model="unused")
+    (tmp_path / "perf.json").write_text(json.dumps({"meta": {"config": quick}, "raw": {}}))
+    with pytest.raises(SystemExit, match=r"differs in: .*quick.*Run every section \(omit --only\)"):
+        previous_document(tmp_path, make_config(quick=False, model="unused"), ["loss"])
+    assert previous_document(tmp_path, quick, ["loss"])["meta"]["config"] == quick
+    assert previous_document(tmp_path, make_config(quick=False, model="unused"),
+                             ["teacher", "step", "design", "loss", "scaling"]) is None  # a full run replaces

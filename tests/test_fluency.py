@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asu_plugin.fluency import repetition_rate, score_answers, summarise
+from asu_plugin.tools.fluency import repetition_rate, score_answers, summarise
 from tests.smollm2 import needs_model
 
 QUESTION = "What is the full name of the author born in Kuwait City, Kuwait on 08/09/1956?"

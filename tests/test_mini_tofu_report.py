@@ -1,5 +1,5 @@
-"""bench/mini_tofu.py's report: the selection rule, seed statistics and the verdict, computed from
-OU evaluation directories (TOFU_EVAL.json + done marker) written here with known numbers.
+"""The mini-TOFU report (bench/minitofu/): the selection rule, seed statistics and the verdict, computed
+from OU evaluation directories (TOFU_EVAL.json + done marker) written here with known numbers.
 
 The OU commands themselves are checked in tests/ou/test_mini_tofu_plan.py; this is the part
 that turns finished evaluations into the published table, where a wrong pick or a wrong mean
@@ -15,14 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench_scripts import load_bench
+from tests.bench_scripts import load_bench_package
+
+load_bench_package("minitofu")
+from minitofu import settings  # noqa: E402
+from minitofu.collect import build_report  # noqa: E402
+from minitofu.plan import Plan, run_name  # noqa: E402
+from minitofu.report import write_outputs  # noqa: E402
+from minitofu.selection import seed_jobs_ready  # noqa: E402
+from minitofu.verdict import verdict  # noqa: E402
 
 META = {"versions": "test", "machine": "test", "workers": 2}
-
-
-@pytest.fixture(scope="module")
-def mini_tofu():
-    return load_bench("mini_tofu")
 
 
 def write_eval(work: Path, name: str, fq: float | None, mu: float, rouge: float = 0.5, cpu_s: float = 10.0,
@@ -62,37 +65,37 @@ GRID = {
 
 
 @pytest.fixture
-def work(tmp_path, mini_tofu):
+def work(tmp_path):
     (tmp_path / "models" / "retain").mkdir(parents=True)  # the fluency scorer (its scores are cached)
     write_eval(tmp_path, "target", 0.001, 0.5, rouge=0.9, cpu_s=100.0)
     write_eval(tmp_path, "retain", None, 0.5, rouge=0.3, cpu_s=50.0)
     for (method, lr), (mu, fqs) in GRID.items():
         for seed, fq in enumerate(fqs):
-            write_eval(tmp_path, mini_tofu.run_name(method, lr, seed), fq, mu,
+            write_eval(tmp_path, run_name(method, lr, seed), fq, mu,
                        meta={"method": method, "lr": lr, "seed": seed})
     return tmp_path
 
 
-def test_the_rule_picks_per_method(mini_tofu, work):
-    report = mini_tofu.build_report(mini_tofu.Plan(work, work / "no-base"))
+def test_the_rule_picks_per_method(work):
+    report = build_report(Plan(work, work / "no-base"))
     assert {m: c["lr"] for m, c in report["chosen"].items()} == {
         "GradDiff": 2e-5, "NPO": 2e-5, "SimNPO": 1e-4, "IDK": 2e-5, "ASU_GD": 1e-4, "ASU_KL": 1e-4}
     assert "no lr kept model_utility >= 0.4500" in report["chosen"]["NPO"]["why"]
     assert report["memorisation"]["ok"] and report["memorisation"]["rouge_gap"] == pytest.approx(0.6)
     assert len(report["grid"]) == 12
-    shutil.rmtree(work / "evals" / mini_tofu.run_name("IDK", 1e-4, 0))  # half a grid: no pick yet
-    assert "IDK" not in mini_tofu.build_report(mini_tofu.Plan(work, work / "no-base"))["chosen"]
+    shutil.rmtree(work / "evals" / run_name("IDK", 1e-4, 0))  # half a grid: no pick yet
+    assert "IDK" not in build_report(Plan(work, work / "no-base"))["chosen"]
 
 
-def test_seed_statistics_and_verdict(mini_tofu, work):
-    report = mini_tofu.build_report(mini_tofu.Plan(work, work / "no-base"))
+def test_seed_statistics_and_verdict(work):
+    report = build_report(Plan(work, work / "no-base"))
     rows = {row["method"]: row for row in report["table"]}
     asu = rows["ASU_KL"]["forget_quality"]
     assert asu["n"] == 3 and asu["mean"] == pytest.approx(0.3) and asu["std"] == pytest.approx(statistics.stdev(
         [0.3, 0.2, 0.4]))
     assert rows["ASU_KL"]["seeds"] == [0, 1, 2] and rows["ASU_KL"]["model_utility"]["std"] == 0.0
     assert report["costs"]["cpu_s"] == {"build": 150.0, "grid": 120.0, "seeds": 120.0}
-    text = mini_tofu.verdict(report)
+    text = verdict(report)
     assert text.startswith("Highest mean forget_quality: ASU_KL (0.3); ASU_GD 0.15, GradDiff 0.02")
     assert ("forgets more than NPO and IDK: yes; keeps model_utility >= 0.45: yes; answers at least as fluently: "
             "yes. The paper's claim holds") in text
@@ -100,44 +103,83 @@ def test_seed_statistics_and_verdict(mini_tofu, work):
     assert report["samples"][0]["question"] == "Question 0?"
 
 
-def test_no_verdict_before_every_seed_and_an_honest_one_after(mini_tofu, work, tmp_path):
-    plan = mini_tofu.Plan(work, work / "no-base")
+def test_no_verdict_before_every_seed_and_an_honest_one_after(work, tmp_path):
+    plan = Plan(work, work / "no-base")
     write_eval(work, "IDK_lr2e-05_s7", 0.9, 0.5)  # not a run of the plan: ignored
-    unfinished = work / "evals" / mini_tofu.run_name("GradDiff", 2e-5, 2)
+    unfinished = work / "evals" / run_name("GradDiff", 2e-5, 2)
     (unfinished / ".asu_job_done.json").unlink()
-    assert mini_tofu.verdict(mini_tofu.build_report(plan)) is None
+    assert verdict(build_report(plan)) is None
     shutil.rmtree(unfinished)
-    write_eval(work, mini_tofu.run_name("GradDiff", 2e-5, 2), 2.0, 0.48)  # GradDiff now beats ASU...
+    write_eval(work, run_name("GradDiff", 2e-5, 2), 2.0, 0.48)  # GradDiff now beats ASU...
     for seed in range(3):  # ...and ASU_KL answers less fluently than NPO (1.0) and IDK (1.0)
-        write_fluency(work, mini_tofu.run_name("ASU_KL", 1e-4, seed), 0.1 * seed)
-    report = mini_tofu.build_report(plan)
-    text = mini_tofu.verdict(report)
+        write_fluency(work, run_name("ASU_KL", 1e-4, seed), 0.1 * seed)
+    report = build_report(plan)
+    text = verdict(report)
     assert text.startswith("Highest mean forget_quality: GradDiff")
     assert "Best ASU variant ASU_KL: model_utility 0.47, fluent answers 10% (NPO 100%, IDK 100%)" in text
     assert "forgets more than NPO and IDK: yes" in text and "answers at least as fluently: no" in text
     assert "does not hold here as a whole. Next to try: smooth only the shallow layers" in text
     out = tmp_path / "out"
-    mini_tofu.write_outputs(report, out, META)
+    write_outputs(report, out, META)
     markdown = (out / "mini_tofu.md").read_text()
     assert "| ASU_KL | 0.0001 | 3 | 0.3 ± 0.1 | 0.47 ± 0 |" in markdown and "does not hold here" in markdown
     assert json.loads((out / "mini_tofu.json").read_text())["verdict"] == text
     assert (out / "mini_tofu_scatter.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_a_method_s_seeds_are_scheduled_once_its_whole_grid_is_evaluated(mini_tofu, work):
+def test_a_method_s_seeds_are_scheduled_once_its_whole_grid_is_evaluated(work):
     """The seeds phase starts per method while other grid runs still go on: each method once, only
     with both of its grid evaluations in, and only once the target is shown to memorise."""
-    plan, chosen = mini_tofu.Plan(work, work / "no-base"), set()
-    shutil.rmtree(work / "evals" / mini_tofu.run_name("NPO", 1e-4, 0))  # NPO's grid is not finished
-    jobs = mini_tofu.seed_jobs_ready(plan, chosen)
+    plan, chosen = Plan(work, work / "no-base"), set()
+    shutil.rmtree(work / "evals" / run_name("NPO", 1e-4, 0))  # NPO's grid is not finished
+    jobs = seed_jobs_ready(plan, chosen)
     assert {(j.meta["method"], j.meta["lr"], j.meta["seed"]) for j in jobs if j.meta["kind"] == "unlearn"} == {
         (m, lr, seed) for m, lr in [("GradDiff", 2e-5), ("SimNPO", 1e-4), ("IDK", 2e-5), ("ASU_GD", 1e-4),
                                     ("ASU_KL", 1e-4)] for seed in (1, 2)}
-    assert mini_tofu.seed_jobs_ready(plan, chosen) == []  # not twice
-    write_eval(work, mini_tofu.run_name("NPO", 1e-4, 0), 0.6, 0.2)
-    assert {j.name for j in mini_tofu.seed_jobs_ready(plan, chosen)} == {
+    assert seed_jobs_ready(plan, chosen) == []  # not twice
+    write_eval(work, run_name("NPO", 1e-4, 0), 0.6, 0.2)
+    assert {j.name for j in seed_jobs_ready(plan, chosen)} == {
         "unlearn_NPO_lr2e-05_s1", "eval_NPO_lr2e-05_s1", "unlearn_NPO_lr2e-05_s2", "eval_NPO_lr2e-05_s2"}
     write_eval(work, "target_unmemorised", 0.5, 0.5)
     shutil.rmtree(work / "evals" / "target")
     shutil.move(work / "evals" / "target_unmemorised", work / "evals" / "target")  # forget_quality 0.5
-    assert mini_tofu.seed_jobs_ready(plan, set()) == []
+    assert seed_jobs_ready(plan, set()) == []
+
+
+def test_a_method_row_is_one_data_change(work, tmp_path, monkeypatch):
+    """A row added to METHODS (label + trainer + overrides) reaches the grid's commands, the rule,
+    the seed table, the sample answers (by its role), the verdict and the published settings."""
+    auto = ("trainer.method_args.tau=auto", "trainer.method_args.layers=auto")
+    monkeypatch.setitem(settings.METHODS, "ASU_KL_auto", settings.MethodRow("ASU_KL_auto", "ASU_KL", "asu", auto))
+    for lr, mu, fqs in ((2e-5, 0.49, [0.5, 0.7, 0.6]), (1e-4, 0.30, [0.9])):
+        for seed, fq in enumerate(fqs):
+            write_eval(work, run_name("ASU_KL_auto", lr, seed), fq, mu, meta={"method": "ASU_KL_auto", "lr": lr,
+                                                                             "seed": seed})
+    plan = Plan(work, work / "no-base")
+    unlearn = next(j for j in plan.grid_jobs() if j.name == "unlearn_ASU_KL_auto_lr2e-05_s0")
+    assert unlearn.overrides[1] == "trainer=ASU_KL" and unlearn.overrides[-3:] == [
+        *auto, "task_name=mini_tofu_ASU_KL_auto_lr2e-05_s0"]
+    assert len(plan.grid_jobs()) == 7 * 2 * 2
+    report = build_report(plan)
+    assert report["chosen"]["ASU_KL_auto"]["lr"] == 2e-5  # 1e-4 is below the floor 0.45
+    row = next(r for r in report["table"] if r["method"] == "ASU_KL_auto")
+    assert row["seeds"] == [0, 1, 2] and row["forget_quality"]["mean"] == pytest.approx(0.6)
+    assert report["methods"]["ASU_KL_auto"] == {"trainer": "ASU_KL", "overrides": list(auto)}
+    assert report["methods"]["IDK"] == {"trainer": "DPO", "experiment": "unlearn/tofu/idk"}
+    assert list(report["samples"][0]["answers"]) == ["target", "retain", "NPO", "IDK", "ASU_GD", "ASU_KL",
+                                                     "ASU_KL_auto"]
+    text = verdict(report)
+    assert text.startswith("Highest mean forget_quality: ASU_KL_auto (0.6)") and "Best ASU variant ASU_KL_auto" in text
+    write_outputs(report, tmp_path / "out", META)
+    assert ("- rows with their own overrides: ASU_KL_auto: `trainer.method_args.tau=auto`, "
+            "`trainer.method_args.layers=auto`") in (tmp_path / "out" / "mini_tofu.md").read_text()
+
+
+@pytest.mark.parametrize("row, message", [
+    (dict(label="ASU KL", trainer="ASU_KL", role="asu"), "use letters, digits"),
+    (dict(label="SGA", trainer="SGA", role="rivals"), "role 'rivals' is not one of"),
+    (dict(label="SGA", trainer="SGA", role="baseline", overrides="a=1"), "must be a tuple"),
+])
+def test_a_bad_method_row_is_refused_with_the_fix(row, message):
+    with pytest.raises(ValueError, match=message):
+        settings.MethodRow(**row)

@@ -1,9 +1,11 @@
-"""Tests of the τ-probe (``asu_plugin.probe``): real models and numbers, no mocks.
+"""Tests of the τ-probe (``asu_plugin.tools.probe``): real models and numbers, no mocks.
 
 * the token classifier on hand-made answers with hand-made character spans;
 * KV-cached generation under smoothing equals greedy decoding by full forwards (no cache) on
   the growing sequence, smoothed at every step — on a tiny Llama built from a config (peaked
   attention) and on the embedded SmolLM2 for a few tokens;
+* the per-token answer NLL of a right-padded batch equals -log softmax of each example run alone;
+* ``python -m asu_plugin.tools.probe`` is the CLI;
 * the CLI on 3 TOFU questions x 2 taus x 2 layer sets with SmolLM2: JSON + PNG with the
   expected keys and finite values, and the plain NLL equal to a cross-entropy computed here.
 
@@ -20,20 +22,20 @@ import pytest
 import torch
 
 from asu_plugin import smoothed_attention
-from asu_plugin.probe import (
+from asu_plugin.tools.probe import (
     ECHO,
     FACTUAL,
     FUNCTION,
+    Example,
     ProbeError,
     classify_answer_tokens,
     greedy_generate,
     main,
     parse_layer_sets,
+    per_token_answer_nll,
     survives,
 )
 from tests.smollm2 import needs_model
-
-
 
 def _spans(text: str, pieces: list[str]) -> list[tuple[int, int]]:
     """Character spans of consecutive ``pieces`` that make up ``text`` (a hand tokenisation)."""
@@ -146,18 +148,17 @@ def test_survives_and_layer_sets():
 
 
 def _entry(tau, layers, d_factual, d_function):
-    from asu_plugin.probe import _ratio
-
+    """A grid entry as the report holds it; the increase ratio is null when the function NLL did not rise."""
     return {
         "tau": tau,
         "layers": layers,
         "delta_nll": {FACTUAL: d_factual, FUNCTION: d_function, ECHO: 0.0},
-        "increase_ratio": _ratio(d_factual, d_function),
+        "increase_ratio": d_factual / d_function if d_function > 0 else None,
     }
 
 
 def test_recommendation_rule():
-    from asu_plugin.probe import recommend
+    from asu_plugin.tools.probe import recommend
 
     grid = [
         _entry(1.5, "20-29", 0.12, -0.002),  # perfectly selective but too small an effect
@@ -248,9 +249,38 @@ def test_cached_generation_matches_full_forwards_tiny(attn):
     assert changed, "smoothing never changed the greedy continuation: the test would not see a missing patch"
 
 
+def test_per_token_answer_nll_of_a_padded_batch_equals_each_example_alone():
+    """Each answer token's NLL in one right-padded batch == -log softmax of that example run alone."""
+    model = _tiny_llama("sdpa")
+    torch.manual_seed(2)
+    examples = []
+    for length, answer in ((7, [4, 5, 6]), (12, [8, 9, 10, 11]), (4, [2, 3])):
+        ids = torch.randint(3, 96, (length,)).tolist()
+        examples.append(Example("q", "a", ids, ids[: answer[0]], answer))
+    got = per_token_answer_nll(model, examples, pad_id=0)
+    for example, values in zip(examples, got):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([example.input_ids])).logits[0]
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        expected = [-float(logp[t - 1, example.input_ids[t]]) for t in example.answer_positions]
+        assert values == pytest.approx(expected, abs=1e-5)
+
+
+def test_python_dash_m_runs_the_cli():
+    """``python -m asu_plugin.tools.probe`` is the CLI: its help names the program and states the token rule."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "asu_plugin.tools.probe", "--help"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps the epilog
+    assert text.startswith("usage: asu-probe") and "only NLTK English stop words (179, lowercase)" in text
+
+
 @needs_model
 def test_cached_generation_matches_full_forwards_smollm2(smollm2):
-    from asu_plugin.probe import prompt_text
+    from asu_plugin.tools.probe import prompt_text
 
     model, tokenizer = smollm2
     prompt = tokenizer(prompt_text(tokenizer, "What is the capital of France?"), add_special_tokens=False)[
@@ -284,7 +314,7 @@ def _finite_numbers(value, where="report"):
 
 @needs_model
 def test_probe_cli_on_smollm2(tmp_path, capsys, smollm2):
-    from asu_plugin.probe import default_data_file
+    from asu_plugin.tools.probe import default_data_file
 
     try:
         data = default_data_file()

@@ -28,7 +28,8 @@ OU_DIR = configured_ou_dir()
 PROBE = Path(__file__).with_name("ou_probe.py")
 KL_STEPS = 10
 # what every OU subprocess of the tests gets on top of the job environment
-TEST_ENV = {"HYDRA_FULL_ERROR": "0", "CUDA_VISIBLE_DEVICES": ""}
+# (the teacher health check costs ~10 s per SmolLM2 run: only its own tests turn it on)
+TEST_ENV = {"HYDRA_FULL_ERROR": "0", "CUDA_VISIBLE_DEVICES": "", "ASU_HEALTH_CHECK": "false"}
 
 
 @dataclass
@@ -147,9 +148,10 @@ def tiny_model_dir(model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def kl_run(run_ou, ou_data, model_dir, tmp_path_factory) -> OURun:
-    """ASU_KL, KL_STEPS optimizer steps on TOFU forget01 through OU's src/train.py."""
+    """ASU_KL, KL_STEPS optimizer steps on TOFU forget01 through OU's src/train.py, with the teacher
+    health check on (the one shared run that pays for it)."""
     run_dir = tmp_path_factory.mktemp("asu_kl") / "run"
     return run_ou(
         "train.py", *CPU_TRAIN, "trainer=ASU_KL", "task_name=test_asu_kl",
-        f"trainer.args.max_steps={KL_STEPS}", run_dir=run_dir,
+        f"trainer.args.max_steps={KL_STEPS}", "trainer.method_args.health_check=true", run_dir=run_dir,
     )

@@ -5,13 +5,15 @@ Used by tests/ou in a subprocess, so OU's top-level packages (``trainer``, ``dat
 
 * ``loss``: builds an ASU trainer exactly as OU's train.py does (our configs composed by
   Hydra, OU's get_model / get_data / load_trainer), then on the first batch: the loss vs an
-  independent recomputation, forget KL at tau = 1 and at the configured tau, which object
+  recomputation with the core functions (a wiring check), forget KL at tau = 1 and at the configured tau, which object
   the teacher and reference passes ran on, how many model copies exist; then trains one
   step and checks the frozen copy is bitwise unchanged.
 * ``after MODEL_DIR``: forget KL (to the smoothed original) and forget-answer NLL of the
   original model and of MODEL_DIR on a fixed slice of the forget set.
 * ``compose REQUESTS_JSON``: compose [config_name, overrides] pairs with Hydra's compose API.
 * ``registry``: register() / the Hydra plugin, twice and after a module re-execution.
+* ``backends MODEL_DIR``: the frozen copy of a flash-attention student (through OU's
+  _prepare_ref_model, DeepSpeed stand-in) and the refusal of a student nothing can reach.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def fresh_model(model_dir):
 
 
 def probe_loss(method: str, model_dir: str, output_dir: str, train: bool = True) -> dict:
-    import asu_plugin.openunlearning.trainers as asu_trainers
+    import asu_plugin.openunlearning.trainers.asu as asu_trainers
     from asu_plugin import smoothed_attention, token_kl
 
     experiment = ["experiment=unlearn/tofu/asu_idk", *IDK_ON_CPU, *model_path(model_dir)] if method == "ASU_IDK" else [
@@ -140,7 +142,7 @@ def probe_loss(method: str, model_dir: str, output_dir: str, train: bool = True)
     hook.remove()
     asu_trainers.smoothed_attention = original_context
 
-    # independent recomputation: a fresh copy of the original model as teacher / reference
+    # recomputation with the core functions (wiring; their numerics are tested in tests/core): a fresh copy of the original model as teacher / reference
     forget, retain = batch["forget"], batch["retain"]
     original = fresh_model(model_dir).eval()
     tau, gamma, alpha = trainer.tau, trainer.gamma, trainer.alpha
@@ -331,6 +333,69 @@ def probe_deepspeed(model_dir: str) -> dict:
     }
 
 
+def _flash_modules(model) -> None:
+    """Swap flash-attention modules (4.45.1's LlamaFlashAttention2, same weights) into a SDPA-built
+    Llama, as a flash_attention_2 load builds it (flash-attention itself cannot load on a CPU)."""
+    from transformers.models.llama import modeling_llama
+
+    for index, layer in enumerate(model.model.layers):
+        flash = modeling_llama.LlamaFlashAttention2(model.config, layer_idx=index)
+        flash.load_state_dict(layer.self_attn.state_dict())
+        layer.self_attn = flash
+    model.config._attn_implementation = "flash_attention_2"
+
+
+def probe_backends(model_dir: str) -> dict:
+    """A flash-attention student: its frozen copy, made through OU's _prepare_ref_model with
+    DeepSpeed "on" (stand-in, as probe_deepspeed), runs SDPA; a student on attention nothing
+    can reach is refused when OU's load_trainer builds the trainer."""
+    from model import get_model
+    from trainer import load_trainer
+
+    overrides = ["experiment=unlearn/tofu/asu_cpu", "trainer=ASU_KL", "task_name=probe",
+                 "paths.output_dir=/tmp/asu_probe_backends", "trainer.args.report_to=none", *model_path(model_dir)]
+    _, trainer = build(overrides)
+    _flash_modules(trainer.model)
+    calls = []
+    trainer._prepare_deepspeed = lambda model: calls.append(model) or model
+    trainer.is_deepspeed_enabled = True
+    frozen = trainer._build_frozen_model(trainer.model)
+    ids = torch.tensor([[5, 17, 29, 41, 53, 65, 77, 89]])
+    with torch.no_grad():
+        plain = frozen(input_ids=ids).logits
+        loaded = fresh_model(model_dir)(input_ids=ids).logits
+    result = {
+        "prepare_deepspeed_calls": len(calls),
+        "frozen_classes": sorted({type(layer.self_attn).__name__ for layer in frozen.model.layers}),
+        "frozen_config": frozen.config._attn_implementation,
+        "student_classes": sorted({type(layer.self_attn).__name__ for layer in trainer.model.model.layers}),
+        "student_config": trainer.model.config._attn_implementation,
+        "record": trainer._attention,
+        "plain_diff_to_sdpa_load": (plain - loaded).abs().max().item(),
+    }
+
+    cfg = compose(overrides)
+    model, tokenizer = get_model(cfg.model)
+    for layer in model.model.layers:  # a custom kernel: ignores the config, invisible to torch function modes
+        base = type(layer.self_attn)
+        layer.self_attn.__class__ = type("OpaqueCustomAttention", (base,), {
+            "forward": lambda self, *a, _base=base, **k: _opaque_call(_base.forward, self, *a, **k)})
+    model.config._attn_implementation = "custom_kernel"
+    try:
+        load_trainer(trainer_cfg=cfg.trainer, model=model, train_dataset=trainer.train_dataset, eval_dataset=None,
+                     tokenizer=tokenizer, data_collator=trainer.data_collator, evaluators=None,
+                     template_args=cfg.model.template_args)
+        result["refusal"] = None
+    except Exception as error:  # reported to the test, which asserts on it
+        result["refusal"] = f"{type(error).__name__}: {error}"
+    return result
+
+
+def _opaque_call(forward, *args, **kwargs):
+    with torch._C.DisableTorchFunction():
+        return forward(*args, **kwargs)
+
+
 def probe_registry() -> dict:
     import model as ou_model
     import trainer as ou_trainer
@@ -372,6 +437,8 @@ def main(argv):
         result = probe_edge(argv[1], argv[2])
     elif command == "deepspeed":
         result = probe_deepspeed(argv[1])
+    elif command == "backends":
+        result = probe_backends(argv[1])
     elif command == "teacher":
         result = probe_teacher(argv[1])
     elif command == "registry":

@@ -47,6 +47,9 @@ def test_every_command_composes(commands, probe):
     for cfg in trains:
         assert cfg["trainer"]["handler"] == "ASU_KL"
         assert cfg["trainer"]["args"]["learning_rate"] == 1e-5
+        # OU's model configs unchanged (no attn_implementation override): the trainer gives the
+        # frozen copy SDPA itself (asu_plugin.openunlearning.frozen_model)
+        assert cfg["model"]["model_args"]["attn_implementation"] == "flash_attention_2"
     tofu = [cfg for cfg in trains if "tofu" in cfg["task_name"]]
     assert len(tofu) == 6
     for cfg in tofu:

@@ -64,13 +64,15 @@ def test_tofu_paper_settings(configs, name, trainer, retain):
     assert cfg["trainer"]["handler"] == trainer
     method = cfg["trainer"]["method_args"]
     assert method == {"tau": 2.3, "layers": None, "heads": None, "gamma": 0.1, "alpha": 1.0, "retain_loss_type": retain,
-                      "teacher_path": None, "lora": None, "teacher_cache": False, "teacher_cache_max_gb": 4.0}
+                      "teacher_path": None, "retain_draw": "indexed", "lora": None, "teacher_cache": False, "teacher_cache_max_gb": 4.0}
     assert args_of(cfg)["save_only_model"] is False  # checkpoints, when asked for, can be resumed
     args = cfg["trainer"]["args"]
     assert args["learning_rate"] == 1e-5 and args["num_train_epochs"] == 5
     assert args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] == 32
     assert args["optim"] == "paged_adamw_32bit" and args["weight_decay"] == 0.01 and args["warmup_epochs"] == 1.0
     assert cfg["model"]["model_args"]["pretrained_model_name_or_path"] == "open-unlearning/tofu_Llama-2-7b-chat-hf_full"
+    # OU's model config as is: the student on flash-attention, the frozen copy switched to SDPA by the trainer
+    assert cfg["model"]["model_args"]["attn_implementation"] == "flash_attention_2"
     assert cfg["data"]["forget"]["TOFU_QA_forget"]["args"]["hf_args"]["name"] == "forget10"
 
 

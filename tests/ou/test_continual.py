@@ -3,6 +3,8 @@
 Two steps on 2-question blocks (the runner's --block-rows; the real study uses forget01-sized
 blocks of 40) with teacher=original: each step starts from the previous model, ASU's frozen
 model is the original, and every step is scored by OU's TOFU evaluator on all blocks so far.
+A block's truth ratio is checked against OU's own forget_truth_ratio aggregate (OU's published
+evaluation logs, and the runner's own evaluations) and against OU's formula written out here.
 """
 
 from __future__ import annotations
@@ -10,14 +12,52 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from asu_plugin.openunlearning.continual import ContinualError, block_slice, check_args, parser
+from asu_plugin.openunlearning.continual import ContinualError, block_figures, block_slice, check_args, parser
 
 from .conftest import env
 
-pytestmark = pytest.mark.slow
+# OU's published TOFU evaluations of its Llama-3.2-1B target (the shared data, see its README.md)
+OU_LOGS = Path(__file__).resolve().parents[3] / "shared" / "data" / "eval_logs" / "tofu_Llama-3.2-1B-Instruct_full"
+
+
+def ou_truth_ratio(scores) -> float:
+    """OU d3d7cf9's forget_truth_ratio aggregate, written out from src/evals/metrics/memorization.py
+    (``closer_to_1_better``, the aggregator of configs/eval/tofu_metrics/forget_Truth_Ratio.yaml)."""
+    arr = np.array(list(scores), dtype=np.float64)
+    return float(np.mean(np.minimum(arr, 1 / (arr + 1e-10))))
+
+
+def ou_log(name: str) -> dict:
+    path = OU_LOGS / name / "TOFU_EVAL.json"
+    if not path.is_file():
+        pytest.skip(f"OU's published evaluation logs not found at {path} (the project's ../shared/data/eval_logs)")
+    return json.loads(path.read_text())
+
+
+def test_a_block_s_truth_ratio_is_ou_s_aggregate_of_its_rows():
+    """forget10 (400 rows) cut into 10 blocks of 40: every block's value is OU's formula on its rows,
+    and the 10 equal blocks average to OU's own aggregate; forget01 as one block is OU's aggregate
+    itself (not the plain mean of the per-row ratios, which is larger there)."""
+    data = ou_log("evals_forget10")
+    truth = data["forget_truth_ratio"]
+    blocks = block_figures(data, shown=10, step=10, size=40)
+    for block, figures in blocks.items():
+        first = (10 - int(block)) * 40
+        rows = [truth["value_by_index"][str(i)]["score"] for i in range(first, first + 40)]
+        assert figures["forget_truth_ratio"] == pytest.approx(ou_truth_ratio(rows), abs=1e-12)
+        assert list(figures["forget_truth_ratio_by_index"].values()) == rows
+    assert np.mean([b["forget_truth_ratio"] for b in blocks.values()]) == pytest.approx(truth["agg_value"], abs=1e-12)
+    forget01 = ou_log("evals_forget01")
+    one = block_figures(forget01, shown=1, step=1, size=40)["1"]
+    assert one["forget_truth_ratio"] == pytest.approx(forget01["forget_truth_ratio"]["agg_value"], abs=1e-12)
+    assert one["forget_truth_ratio"] == pytest.approx(0.4728, abs=1e-4)
+    plain = np.mean([v["score"] for v in forget01["forget_truth_ratio"]["value_by_index"].values()])
+    assert plain == pytest.approx(0.5029, abs=1e-4)  # the runner's old per-block figure: not OU's metric
 
 
 def test_block_slices():
@@ -56,6 +96,7 @@ def continual_run(ou_dir, ou_data, tiny_model_dir, tmp_path_factory):
     return work
 
 
+@pytest.mark.slow
 def test_each_step_starts_from_the_previous_model_with_the_original_teacher(continual_run, tiny_model_dir):
     model_dir = tiny_model_dir
     for step, start in ((1, model_dir), (2, continual_run / "runs" / "step_1")):
@@ -68,6 +109,7 @@ def test_each_step_starts_from_the_previous_model_with_the_original_teacher(cont
         assert (run / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_step_results_cover_every_block_so_far(continual_run):
     steps = [json.loads((continual_run / "steps" / f"step_{k}.json").read_text()) for k in range(3)]
     assert [sorted(s["blocks"]) for s in steps] == [["1"], ["1"], ["1", "2"]]
@@ -78,6 +120,14 @@ def test_step_results_cover_every_block_so_far(continual_run):
         # the per-block means recombine to OU's aggregate over all blocks so far
         rouge = [b["forget_Q_A_ROUGE"] for b in result["blocks"].values()]
         assert sum(rouge) / len(rouge) == pytest.approx(logs["forget_Q_A_ROUGE"]["agg_value"])
+        # and so do the truth ratios, to OU's forget_truth_ratio (not a plain mean of its rows)
+        truth = [b["forget_truth_ratio"] for b in result["blocks"].values()]
+        assert sum(truth) / len(truth) == pytest.approx(logs["forget_truth_ratio"]["agg_value"])
+        for block in result["blocks"].values():
+            rows = block["forget_truth_ratio_by_index"]
+            assert block["forget_truth_ratio"] == pytest.approx(ou_truth_ratio(rows.values()))
+            assert rows == {k: logs["forget_truth_ratio"]["value_by_index"][k]["score"] for k in rows}
+    assert steps[0]["blocks"]["1"]["forget_truth_ratio"] == pytest.approx(evals[0]["forget_truth_ratio"]["agg_value"])
     assert len(evals[2]["forget_Q_A_ROUGE"]["value_by_index"]) == 4
     assert (continual_run / "continual.png").stat().st_size > 0
     summary = json.loads((continual_run / "continual.json").read_text())

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# the shared ASU_KL run (kl_run) is built once: both files run on the same pytest-xdist worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kl_run")]
 
 DEFAULT_METRICS = {"forget_quality", "forget_truth_ratio", "forget_Q_A_Prob", "forget_Q_A_ROUGE",
                    "model_utility", "privleak", "extraction_strength"}

@@ -1,30 +1,38 @@
 """Every OU command of the mini-TOFU benchmark composes in the real OU with the intended values.
 
-The runner (bench/mini_tofu.py) takes hours; what can break silently is a command line: an
-override OU ignores or a split that does not mean what the issue asks. So every command of
-the build and grid phases (and one of the seed phase) is composed with Hydra's compose API in
-one subprocess, and the values that define the study are checked.
+The runner (bench/mini_tofu.py, the study in bench/minitofu/) takes hours; what can break
+silently is a command line: an override OU ignores or a split that does not mean what the issue
+asks. So every command of the build and grid phases (and one of the seed phase) is composed with
+Hydra's compose API in one subprocess, and the values that define the study are checked.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.bench_scripts import load_bench
+from tests.bench_scripts import BENCH_DIR, load_bench_package
+
+load_bench_package("minitofu")
+from minitofu import settings  # noqa: E402
+from minitofu.plan import Plan  # noqa: E402
+
+# a row with its own overrides, as the coming rows (ASU with an automatic teacher) will have
+EXTRA_ROW = settings.MethodRow("ASU_KL_tau2", "ASU_KL", "asu", ("trainer.method_args.tau=2.0",
+                                                               "trainer.method_args.gamma=0.5"))
 
 
 @pytest.fixture(scope="module")
-def mini_tofu():
-    return load_bench("mini_tofu")
-
-
-@pytest.fixture(scope="module")
-def composed(mini_tofu, probe, tmp_path_factory):
-    plan = mini_tofu.Plan(tmp_path_factory.mktemp("work"), Path("/base/model"))
+def composed(probe, tmp_path_factory):
+    plan = Plan(tmp_path_factory.mktemp("work"), Path("/base/model"))
     jobs = plan.build_jobs() + plan.grid_jobs() + plan.seed_jobs({"ASU_KL": 1e-4})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(settings.METHODS, EXTRA_ROW.label, EXTRA_ROW)
+        jobs += plan.method_jobs(EXTRA_ROW.label, 1e-4, 0)[:1]
     requests = [(job.config_name or f"{job.script}.yaml", job.overrides) for job in jobs]
     return plan, dict(zip((job.name for job in jobs), zip(jobs, probe("compose", json.dumps(requests)))))
 
@@ -33,7 +41,15 @@ def test_every_command_composes(composed):
     _, results = composed
     errors = {name: cfg["error"] for name, (_, cfg) in results.items() if "error" in cfg}
     assert not errors
-    assert len(results) == 4 + 6 * 2 * 2 + 2 * 2
+    assert len(results) == 4 + 6 * 2 * 2 + 2 * 2 + 1
+
+
+def test_a_row_s_own_overrides_reach_its_trainer(composed):
+    _, results = composed
+    method_args = results["unlearn_ASU_KL_tau2_lr0.0001_s0"][1]["trainer"]["method_args"]
+    assert method_args["tau"] == 2.0 and method_args["gamma"] == 0.5
+    default = results["unlearn_ASU_KL_lr0.0001_s0"][1]["trainer"]["method_args"]
+    assert default["tau"] == 2.3 and default["gamma"] == 0.1  # OU's (the plugin's) defaults elsewhere
 
 
 def test_finetune_subsets(composed):
@@ -83,10 +99,10 @@ def test_evaluations(composed):
     assert results["unlearn_ASU_KL_lr0.0001_s2"][1]["trainer"]["args"]["seed"] == 2
 
 
-def test_jobs_wait_for_the_models_they_read(mini_tofu, tmp_path):
+def test_jobs_wait_for_the_models_they_read(tmp_path):
     """Jobs run side by side, so each must name what it reads: an evaluation the retain model's
     log (forget_quality), an unlearning run the target model."""
-    plan = mini_tofu.Plan(tmp_path, Path("/base/model"))
+    plan = Plan(tmp_path, Path("/base/model"))
     build = plan.build
     assert build["eval_retain"].after == (build["finetune_retain"],)
     assert build["eval_target"].after == (build["finetune_target"], build["eval_retain"])
@@ -98,3 +114,17 @@ def test_jobs_wait_for_the_models_they_read(mini_tofu, tmp_path):
             unlearn = job.after[0]
             assert unlearn.out_dir == plan.work / "runs" / job.name.removeprefix("eval_")
             assert job.after[1] is build["eval_retain"]
+
+
+def test_the_command_line_prints_the_plan(tmp_path):
+    """``python bench/mini_tofu.py --dry-run`` (run as a file, from another directory) prints the
+    build and grid commands, one per line, and needs neither OU nor a model."""
+    work, base = tmp_path / "work", tmp_path / "base"
+    done = subprocess.run([sys.executable, str(BENCH_DIR / "mini_tofu.py"), "--dry-run", "--work", str(work),
+                           "--base-model", str(base)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 4 + 6 * 2 * 2
+    assert lines[0].startswith("finetune_target: python src/train.py ") and f"model_name_or_path={base} " in lines[0]
+    assert lines[-1].startswith("eval_IDK_lr0.0001_s0: python src/eval.py ")
+    assert f"retain_logs_path={work}/evals/retain/TOFU_EVAL.json" in lines[-1]

@@ -8,7 +8,8 @@ import pytest
 
 from .conftest import CPU_TRAIN, KL_STEPS
 
-pytestmark = pytest.mark.slow
+# the shared ASU_KL run (kl_run) is built once: both files run on the same pytest-xdist worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("kl_run")]
 
 
 # ---- one shared ASU_KL run (kl_run, KL_STEPS steps) ---------------------------------------
@@ -26,6 +27,16 @@ def test_kl_run_saves_model_and_record(kl_run):
     versions = record["versions"]
     assert versions["asu_plugin"] and versions["torch"] and versions["transformers"]
     assert versions["open_unlearning_commit"] is None or len(versions["open_unlearning_commit"]) == 40
+
+
+def test_kl_run_records_the_teacher_health_check(kl_run):
+    health = kl_run.record()["teacher_health"]
+    assert health["checked"] and health["prompts"] == 4 and health["teacher"] == {"tau": 2.3, "layers": None}
+    assert len(health["answers"]) == 4
+    # the warning is raised exactly when most answers are not fluent, and then it is in the log too
+    assert (health["problem"] is not None) == (health["not_fluent_rate"] > 0.5)
+    if health["problem"]:
+        assert health["warning"] in kl_run.output
 
 
 def test_kl_run_logs_forget_kl_and_retain_loss(kl_run):
@@ -51,7 +62,11 @@ def test_kl_run_unlearns(kl_run, probe, model_dir):
 
 
 @pytest.mark.parametrize("method", ["ASU_KL", "ASU_GD"])
-def test_loss_matches_independent_recomputation(probe, model_dir, tmp_path, method):
+def test_loss_wiring_matches_the_core_functions(probe, model_dir, tmp_path, method):
+    """Wiring, not numerics: the trainer's loss equals gamma * token_kl(student, smoothed teacher)
+    + alpha * retain term, recomputed with the package's own ``token_kl`` / ``smoothed_attention``
+    on a fresh copy of the original model. The numerics of those functions are checked against
+    independent references in tests/core (query division by hooks, a float64 KL)."""
     train = method == "ASU_KL"  # the frozen-copy checks after a step need one trainer only
     result = probe("loss", method, str(model_dir), str(tmp_path / "probe"), *([] if train else ["--no-train"]))
     print(json.dumps({k: v for k, v in result.items() if k != "log_history"}))
@@ -74,8 +89,9 @@ def test_loss_matches_independent_recomputation(probe, model_dir, tmp_path, meth
         assert logged and logged[0]["forget_kl"] > 0 and "retain_loss" in logged[0]
 
 
-def test_idk_loss_matches_independent_recomputation(probe, model_dir, tmp_path):
-    """ASU_IDK: gamma * (KL without each answer's first token + IDK NLL) + alpha * retain KL."""
+def test_idk_loss_wiring_matches_the_core_functions(probe, model_dir, tmp_path):
+    """ASU_IDK wiring: gamma * (KL without each answer's first token + IDK NLL) + alpha * retain KL,
+    recomputed with the package's core functions (their numerics: tests/core)."""
     result = probe("loss", "ASU_IDK", str(model_dir), str(tmp_path / "probe"))
     print(json.dumps({k: v for k, v in result.items() if k != "log_history"}))
     assert result["loss"] == pytest.approx(result["expected"], abs=1e-5)

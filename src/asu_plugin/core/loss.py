@@ -102,13 +102,20 @@ def token_kl(student_logits: torch.Tensor, target_logits: torch.Tensor, labels: 
     return (per_sample[has_answer] / counts[has_answer]).mean()
 
 
-def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean NLL over all answer tokens of the batch, as a Hugging Face model's ``.loss``, but
-    0 (with a graph, not NaN) for a batch without answer tokens (e.g. prompts cut by max_length)."""
+def answer_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed NLL over the batch's answer tokens, their count): the parts of a token mean, so a
+    caller can divide by a count taken over more than this batch (all processes' tokens)."""
     shifted = labels[:, 1:].reshape(-1)
     rows = logits[:, :-1].reshape(-1, logits.shape[-1])
     total = torch.nn.functional.cross_entropy(rows.float(), shifted, ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (shifted != IGNORE_INDEX).sum().clamp(min=1)
+    return total, (shifted != IGNORE_INDEX).sum()
+
+
+def answer_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean NLL over all answer tokens of the batch, as a Hugging Face model's ``.loss``, but
+    0 (with a graph, not NaN) for a batch without answer tokens (e.g. prompts cut by max_length)."""
+    total, count = answer_nll_sum(logits, labels)
+    return total / count.clamp(min=1)
 
 
 def drop_first_answer_token(labels: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ the attention temperature, whatever the architecture or transformers version:
 
 * ``F.scaled_dot_product_attention`` (the SDPA backend): we divide its ``scale`` by tau
   (the default scale 1/sqrt(d) is made explicit first), or, for a head subset, divide
-  those heads' queries by tau — mathematically the same thing;
+  those heads' queries by tau — mathematically the same thing; a float ``attn_mask`` (where
+  ALiBi position biases travel) is divided too, as the eager path divides the whole softmax input;
 * ``torch.tanh`` before the softmax (eager attention with logit soft-capping, Gemma2):
   soft-capping is ``cap * tanh(s / cap)``, so dividing the tanh input by tau is exactly
   dividing the scores *before* the cap, as dividing the queries would;
@@ -92,6 +93,20 @@ class TemperatureMode(TorchFunctionMode):
             "architecture/backend. Smooth all heads (heads=None) or use attn_implementation='eager'."
         )
 
+    def _temper_bias(self, mask):
+        """SDPA adds a float ``attn_mask`` to the scaled scores inside the softmax; position biases
+        travel there (ALiBi: Falcon, MPT, BLOOM), so the temperature divides them too, as it does
+        on the eager path. Masked entries stay masked (-inf / dtype-min divided by tau), zeros stay
+        zero. A boolean mask carries no bias. With a head subset, only a mask with a head axis is
+        per head; a head-broadcast float mask is a padding / causal mask and is left as it is."""
+        if mask is None or not torch.is_floating_point(mask):
+            return mask
+        if self.heads is None:
+            return mask / self.tau
+        if mask.dim() == 4 and mask.shape[1] == self.num_heads:
+            return self._scale_heads(mask, "attention bias")
+        return mask
+
     def _temper(self, scores: torch.Tensor, what: str) -> torch.Tensor:
         if self.heads is None:
             return scores / self.tau
@@ -113,6 +128,7 @@ class TemperatureMode(TorchFunctionMode):
                 kwargs["scale"] = scale / self.tau
             else:
                 kwargs["query"] = self._scale_heads(kwargs["query"], "query")
+            kwargs["attn_mask"] = self._temper_bias(kwargs.get("attn_mask"))
             return func(**kwargs)
         if func in _TANH and not self._capped:
             self.hits += 1

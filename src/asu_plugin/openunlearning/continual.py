@@ -17,8 +17,14 @@ block 1 = rows 360-399 of forget10 (= forget01, the last 2 authors), block 2 = r
 
 Per step it writes ``<work>/steps/step_<k>.json`` (model_utility, forget_quality when
 ``--retain-log`` names a matching retain model's TOFU_EVAL.json, and per block forget ROUGE-L
-recall and truth ratio) and, after the last, ``<work>/continual.{json,md,png}``. Finished steps
-are kept when it is run again (asu_plugin.openunlearning.jobs).
+recall and OU's forget truth ratio, with the block's per-row truth ratios) and, after the last,
+``<work>/continual.{json,md,png}``. Finished steps are kept when it is run again
+(asu_plugin.openunlearning.jobs), and the step JSONs and reports are rewritten from their
+TOFU_EVAL.json files: rerunning the same command on a finished work dir only redoes the report.
+
+A block's figures are OU's own aggregates restricted to the block's rows: ROUGE-L recall is a
+plain mean (OU's ``forget_Q_A_ROUGE``), the truth ratio is OU's ``forget_truth_ratio``
+aggregate (:func:`truth_ratio_aggregate`), not a plain mean of the per-row ratios.
 """
 
 from __future__ import annotations
@@ -90,23 +96,49 @@ class ContinualPlan:
         return jobs
 
 
-def step_result(plan: ContinualPlan, step: int) -> dict:
-    """Figures of one step from OU's TOFU_EVAL.json, split per forgotten block."""
-    data = json.loads((plan.work / "evals" / f"step_{step}" / "TOFU_EVAL.json").read_text())
-    shown, size = max(step, 1), plan.args.block_rows  # step 0 (the original) is scored on block 1
+def truth_ratio_aggregate(scores) -> Optional[float]:
+    """OU's ``forget_truth_ratio`` of some rows from their per-row ratios ``r = P(perturbed) / P(paraphrased)``
+    (``value_by_index[i]["score"]``): the mean of ``min(r, 1 / r)``, so 1 = the model cannot tell
+    the true answer from the false ones (forgotten), near 0 = it prefers one by far.
+
+    This is the aggregator OU names for this metric (``aggregator: closer_to_1_better`` in
+    configs/eval/tofu_metrics/forget_Truth_Ratio.yaml; ``truth_ratio`` in
+    src/evals/metrics/memorization.py, OU d3d7cf9), with its 1e-10 guard. A plain mean of ``r`` is
+    not the metric: a row whose false answers are 4x as likely as the true one (r = 4) would add
+    4 to it, where OU counts 0.25 (as far from "cannot tell" as r = 0.25). None values (rows OU
+    could not score) are left out, as OU does."""
+    values = [float(v) for v in scores if v is not None]
+    if not values:
+        return None
+    return sum(min(v, 1.0 / (v + 1e-10)) for v in values) / len(values)
+
+
+def block_figures(data: dict, shown: int, step: int, size: int) -> dict[str, dict]:
+    """Per block 1..``shown`` of one TOFU_EVAL.json: its forget10 rows, forget ROUGE-L recall (mean),
+    OU's truth-ratio aggregate and the per-row truth ratios, and whether step ``step`` has
+    forgotten it. The evaluated slice runs from block ``shown`` (its first ``size`` indices) up
+    to block 1 (the last)."""
     rouge = data["forget_Q_A_ROUGE"]["value_by_index"]
     truth = data["forget_truth_ratio"]["value_by_index"]
     blocks = {}
     for block in range(1, shown + 1):
-        # the slice runs from block `shown` (lowest rows) up to block 1
         first = (shown - block) * size
         keys = [str(i) for i in range(first, first + size)]
+        ratios = {k: truth[k]["score"] for k in keys if k in truth}
         blocks[str(block)] = {
             "rows_of_forget10": block_slice(block, block, size),
             "forget_Q_A_ROUGE": _mean(rouge[k]["rougeL_recall"] for k in keys if k in rouge),
-            "forget_truth_ratio": _mean(truth[k]["score"] for k in keys if k in truth),
+            "forget_truth_ratio": truth_ratio_aggregate(ratios.values()),
+            "forget_truth_ratio_by_index": ratios,
             "forgotten": block <= step,
         }
+    return blocks
+
+
+def step_result(plan: ContinualPlan, step: int) -> dict:
+    """Figures of one step from OU's TOFU_EVAL.json, split per forgotten block."""
+    data = json.loads((plan.work / "evals" / f"step_{step}" / "TOFU_EVAL.json").read_text())
+    shown = max(step, 1)  # step 0 (the original) is scored on block 1
     return {
         "step": step, "teacher": plan.args.teacher, "method": plan.args.method,
         "model": str(plan.model_after(step)),
@@ -114,7 +146,7 @@ def step_result(plan: ContinualPlan, step: int) -> dict:
         "forget_quality": (data.get("forget_quality") or {}).get("agg_value"),
         "forget_truth_ratio": data["forget_truth_ratio"]["agg_value"],
         "forget_Q_A_ROUGE": data["forget_Q_A_ROUGE"]["agg_value"],
-        "blocks": blocks,
+        "blocks": block_figures(data, shown, step, plan.args.block_rows),
     }
 
 
@@ -157,7 +189,9 @@ def render_markdown(args: argparse.Namespace, results: Sequence[dict]) -> str:
              f"- original model: `{args.model}`; {args.steps} steps of {args.block_rows} forget10 rows each "
              "(block 1 = forget01, the last rows); evaluation: OU's TOFU evaluator, model_utility sets on "
              f"`{args.utility_split}`, {args.max_new_tokens} new tokens",
-             "- per block: forget ROUGE-L recall / truth ratio; a block is forgotten from its own step on (*)", "",
+             "- per block: forget ROUGE-L recall / truth ratio (OU's forget_truth_ratio of the block's rows: mean of "
+             "min(r, 1/r), r = P(perturbed) / P(paraphrased) answer; 1 = true and false answers alike); a block is "
+             "forgotten from its own step on (*)", "",
              "| step | model_utility | forget_quality | " + " | ".join(f"block {b}" for b in blocks) + " |",
              "|---" * (3 + len(blocks)) + "|"]
     for r in results:

@@ -31,13 +31,16 @@ HUB_ORGS = ("locuslab", "muse-bench")
 IDK = ("data/idk.jsonl", "locuslab/TOFU/idk.jsonl")  # (place in OU, file in the mirror)
 
 
+#: ``../shared/data/hf`` beside the project checkout (this file is <checkout>/src/asu_plugin/openunlearning/).
+CHECKOUT_MIRROR = Path(__file__).resolve().parents[4] / "shared" / "data" / "hf"
+
+
 def default_mirror() -> Path | None:
     """``$ASU_DATA_MIRROR``, else ``../shared/data/hf`` beside the project checkout, if present."""
     env = os.environ.get("ASU_DATA_MIRROR")
     if env:
         return Path(env).expanduser()
-    candidate = Path(__file__).resolve().parents[3] / "shared" / "data" / "hf"
-    return candidate if candidate.is_dir() else None
+    return CHECKOUT_MIRROR if CHECKOUT_MIRROR.is_dir() else None
 
 
 def _link(link: Path, target: Path) -> str:

@@ -23,7 +23,6 @@ import logging
 import os
 import shlex
 import shutil
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field

@@ -25,7 +25,7 @@ from .environment import DEFAULT_OU_DIR, OU_PINNED_COMMIT, ou_commit, ou_dir
 
 logger = logging.getLogger(__name__)
 
-TRAINER_NAMES = ("ASU_GD", "ASU_KL", "ASU_IDK")
+TRAINER_NAMES = ("ASU_GD", "ASU_KL", "ASU_IDK", "SGA")
 
 
 class OpenUnlearningNotFound(ImportError):
@@ -107,7 +107,7 @@ def _register_model_handler() -> None:
 
 
 def register(trainer_module=None) -> dict:
-    """Add ``ASU_GD``, ``ASU_KL`` and ``ASU_IDK`` to OU's ``trainer.TRAINER_REGISTRY`` and the
+    """Add ``ASU_GD``, ``ASU_KL``, ``ASU_IDK`` and ``SGA`` to OU's ``trainer.TRAINER_REGISTRY`` and the
     ``ASUSmoothedTeacher`` model handler to ``model.MODEL_REGISTRY``; return the trainer registry.
 
     Idempotent: calling it again (Hydra re-imports plugin modules) changes nothing.

@@ -9,7 +9,8 @@ stand between a resumed run and the uninterrupted one on OU's pinned transformer
 * OU's ForgetRetainDataset draws retain rows with the global torch RNG, and accelerate
   fetches one batch ahead, so the RNG state in a checkpoint is already past the next batch
   (:class:`RngTrackedDataset` keeps the state from before it; the trainers save it as
-  ``asu_rng_state*.pth`` and restore it right before the first resumed fetch).
+  ``asu_rng_state*.pth`` and restore it right before the first resumed fetch). Needed only
+  with ``retain_draw=ou``: the default indexed draw (:mod:`.retain_draw`) uses no global RNG.
 """
 
 from __future__ import annotations
@@ -127,12 +128,15 @@ class ExactResumeMixin:
             dataset.pending.popleft()
 
     @contextlib.contextmanager
-    def exact_resume(self, resuming):
+    def exact_resume(self, resuming, track_rng: bool = True):
         """Around ``Trainer.train``: track the RNG per batch; when resuming, allow transformers'
-        RNG file and restore our own state right before the first fetch."""
+        RNG file and restore our own state right before the first fetch. ``track_rng=False``
+        when the data draws no global random numbers (``retain_draw=indexed``): then only
+        transformers' own RNG file is allowed."""
         original = self.train_dataset
-        if original is None:
-            yield
+        if original is None or not track_rng:
+            with checkpoint_rng_globals() if resuming else contextlib.nullcontext():
+                yield
             return
         self.train_dataset = RngTrackedDataset(original)
         if resuming:

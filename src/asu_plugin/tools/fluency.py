@@ -36,7 +36,9 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
-from .probe import ProbeError, _pad_id, answer_nll, build_example
+from .probe.data import build_example
+from .probe.errors import ProbeError
+from .probe.measure import padding_token_id, per_token_answer_nll
 
 NLL_MAX = 5.0  # nats per answer token
 REPETITION_MAX = 0.25  # see repetition_rate
@@ -76,7 +78,7 @@ def score_answers(
         raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
     if not scorers:
         raise ValueError("no scoring model: pass at least one (model, tokenizer) pair")
-    by_scorer = [_answer_nll(model, tokenizer, questions, answers, system_prompt, batch_size)
+    by_scorer = [_mean_answer_nll(model, tokenizer, questions, answers, system_prompt, batch_size)
                  for model, tokenizer in scorers]
     scores = []
     for i, answer in enumerate(answers):
@@ -89,7 +91,7 @@ def score_answers(
     return scores
 
 
-def _answer_nll(model, tokenizer, questions, answers, system_prompt, batch_size) -> dict[int, float]:
+def _mean_answer_nll(model, tokenizer, questions, answers, system_prompt, batch_size) -> dict[int, float]:
     """Mean token NLL of each non-empty answer after its question: {answer index: nats}."""
     examples, nll = {}, {}
     for i, (question, answer) in enumerate(zip(questions, answers)):
@@ -102,7 +104,8 @@ def _answer_nll(model, tokenizer, questions, answers, system_prompt, batch_size)
     order = list(examples)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        for i, values in zip(chunk, answer_nll(model, [examples[i] for i in chunk], _pad_id(tokenizer))):
+        scored = per_token_answer_nll(model, [examples[i] for i in chunk], padding_token_id(tokenizer))
+        for i, values in zip(chunk, scored):
             nll[i] = sum(values) / len(values)
     return nll
 

@@ -20,19 +20,20 @@ This module imports OU (``trainer.unlearn.grad_diff``): it is importable only wh
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import logging
-import os
 
 import torch
-from transformers import Trainer
 from trainer.unlearn.grad_diff import GradDiff  # OpenUnlearning
 
-from .. import resume, run_record
+from .. import frozen_model, teacher_setup
+from .. import retain_draw as draws
+from ..global_mean import global_token_mean
+from ...core.loss import answer_nll_sum, drop_first_answer_token, token_kl
 from ..original_model import OriginalModelMixin
 from ..positions import model_inputs
-from ...core.loss import answer_nll, drop_first_answer_token, token_kl
 from ...core.smoothing import check_smoothing_args, smoothed_attention
+from .base import RecordedUnlearnRun, failure_marker
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +41,6 @@ UNLEARN_COMMAND = (
     "python src/train.py --config-name=unlearn.yaml experiment=unlearn/tofu/asu "
     "trainer={name} task_name=<name>   (on a CPU: experiment=unlearn/tofu/asu_cpu)"
 )
-# keyword arguments OU's load_trainer passes besides method_args
-_TRAINER_KWARGS = frozenset(inspect.signature(Trainer.__init__).parameters) | {
-    "evaluators",
-    "template_args",
-}
 
 
 def _plain(value):
@@ -67,26 +63,21 @@ def _ranges(indices) -> str:
 
 
 def _load_teacher(path: str, student):
-    """The frozen model from ``path``, loaded like the student (dtype, attention backend)."""
-    from transformers import AutoModelForCausalLM
-
-    if not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"teacher_path {path!r} is not a directory: point trainer.method_args.teacher_path at a saved "
-            "model (save_pretrained output), or leave it null to use the model being unlearned"
-        )
-    backend = getattr(student.config, "_attn_implementation", None)
-    return AutoModelForCausalLM.from_pretrained(path, torch_dtype=student.dtype, attn_implementation=backend)
+    """The frozen model from ``path``, loaded like the student (dtype; attention smoothing can reach)."""
+    return frozen_model.load_teacher(path, student)
 
 
-class ASUTrainer(resume.ExactResumeMixin, OriginalModelMixin, GradDiff):
-    """Shared part of the ASU trainers: settings, frozen model, teacher pass, losses, logging,
-    run record, resume. Subclasses choose the retain term (``RETAIN_LOSS_TYPE``: NLL or KL)
-    and may extend the forget term (``compute_forget_loss``, as ASU_IDK does).
+class ASUTrainer(RecordedUnlearnRun, OriginalModelMixin, GradDiff):
+    """Shared part of the ASU trainers: settings, frozen model, teacher pass, losses. Subclasses
+    choose the retain term (``RETAIN_LOSS_TYPE``: NLL or KL) and may extend the forget term
+    (``compute_forget_loss``, as ASU_IDK does). Logging, run record and resume: :mod:`.base`.
     """
 
     RETAIN_LOSS_TYPE = "NLL"
     LOGGED = ("forget_kl", "retain_loss")
+    OPTIONS = ("tau", "layers", "heads", "gamma", "alpha", "retain_loss_type", "teacher_path", "health_check",
+               "retain_draw", "lora", "teacher_cache", "teacher_cache_max_gb")
+    UNLEARN_COMMAND = UNLEARN_COMMAND
 
     def __init__(
         self,
@@ -98,6 +89,8 @@ class ASUTrainer(resume.ExactResumeMixin, OriginalModelMixin, GradDiff):
         alpha: float = 1.0,
         retain_loss_type: str | None = None,
         teacher_path: str | None = None,
+        health_check: bool = True,
+        retain_draw: str = draws.DEFAULT,
         lora=None,
         teacher_cache=False,
         teacher_cache_max_gb: float = 4.0,
@@ -105,23 +98,24 @@ class ASUTrainer(resume.ExactResumeMixin, OriginalModelMixin, GradDiff):
     ):
         training_args = kwargs.get("args")
         output_dir = getattr(training_args, "output_dir", None)
-        try:
+        with failure_marker(output_dir, f"configuring {type(self).__name__}"):
             # everything here runs before the model is copied, so a bad config fails fast
-            self._check_options(kwargs)
-            self._check_dataset(kwargs.get("train_dataset"))
+            self.check_options(kwargs)
+            self.check_unlearn_dataset(kwargs.get("train_dataset"))
             retain_loss_type = self._check_retain_type(retain_loss_type)
             model = kwargs.get("model")  # OU passes everything by keyword
             self.tau, self.layers, self.heads = tau, _plain(layers), _plain(heads)
-            selection = check_smoothing_args(model, self.tau, self.layers, self.heads)
+            self.health_check = teacher_setup.check_switch(health_check)
+            # tau / layers "auto" are chosen once the frozen model exists (teacher_setup)
+            selection = check_smoothing_args(model, *teacher_setup.validation_values(tau, self.layers), self.heads)
             self.teacher_path = teacher_path
+            self.retain_draw = draws.check_retain_draw(retain_draw)
+            if self.retain_draw == "indexed":
+                draws.check_indexed_dataset(kwargs.get("train_dataset"))
             # LoRA (the student's base with adapters off is the original) and the teacher cache
             model = kwargs["model"] = self.configure_original_model(
                 lora, teacher_cache, teacher_cache_max_gb, teacher_path, kwargs)
             frozen_source = _load_teacher(teacher_path, model) if teacher_path else model
-        except Exception as error:
-            if output_dir:
-                run_record.write_failure_marker(output_dir, error, f"configuring {type(self).__name__}")
-            raise
         self._selection = selection
         # "NLL" here only stops GradDiff from copying the student: the frozen copy is ours
         super().__init__(*args, gamma=gamma, alpha=alpha, retain_loss_type="NLL", **kwargs)
@@ -131,39 +125,25 @@ class ASUTrainer(resume.ExactResumeMixin, OriginalModelMixin, GradDiff):
         # a checkpoint — or of teacher_path's model (continual unlearning, teacher=original)
         self.ref_model = self._build_frozen_model(frozen_source) if self.frozen_copy_needed() else None
         del frozen_source
+        # tau/layers=auto and the teacher health check (asu_run.json: teacher_choice, teacher_health)
+        with failure_marker(output_dir, f"choosing the teacher of {type(self).__name__}"):
+            self._teacher_record = teacher_setup.resolve(self, tau, self.layers, self.health_check)
+            self._selection = check_smoothing_args(model, self.tau, self.layers, self.heads)
         # our loss is a mean per sample, not a sum over num_items_in_batch: let Trainer
         # (transformers >= 4.46) divide by the accumulation steps as for any other loss
         self.model_accepts_loss_kwargs = False
-        self._asu_sums: dict[str, torch.Tensor] = {}
-        self._asu_count = 0
 
     def _build_frozen_model(self, source):
         """A frozen copy of ``source`` through OU's ``_prepare_ref_model`` (DeepSpeed ZeRO-3 /
-        accelerate handling included): ASU's teacher and reference."""
-        frozen = self._prepare_ref_model(source)
-        for parameter in frozen.parameters():
-            parameter.requires_grad_(False)
+        accelerate handling included), running attention smoothing can reach: ASU's teacher
+        and reference (:mod:`..frozen_model`)."""
+        frozen, self._attention = frozen_model.build_frozen_model(
+            self._prepare_ref_model, source, *teacher_setup.validation_values(self.tau, self.layers), self.heads,
+            announce=self.args.process_index == 0,
+        )
         return frozen
 
     # ---- validation -------------------------------------------------------------------
-
-    def _check_options(self, kwargs) -> None:
-        unknown = sorted(set(kwargs) - _TRAINER_KWARGS)
-        if unknown:
-            raise TypeError(
-                f"{type(self).__name__}: unknown method_args option(s) {', '.join(unknown)}; "
-                "known: tau, layers, heads, gamma, alpha, retain_loss_type, teacher_path, lora, teacher_cache, "
-                "teacher_cache_max_gb"
-            )
-
-    def _check_dataset(self, dataset) -> None:
-        if dataset is not None and not (hasattr(dataset, "forget") and hasattr(dataset, "retain")):
-            raise ValueError(
-                f"{type(self).__name__} unlearns: it needs OU's forget/retain data (an unlearn "
-                f"config), but got a {type(dataset).__name__} — was `python src/train.py "
-                f"trainer={type(self).__name__}` run with OU's finetune config (train.yaml)? Run: "
-                + UNLEARN_COMMAND.format(name=type(self).__name__)
-            )
 
     def _check_retain_type(self, retain_loss_type):
         expected = self.RETAIN_LOSS_TYPE
@@ -181,8 +161,7 @@ class ASUTrainer(resume.ExactResumeMixin, OriginalModelMixin, GradDiff):
         if missing:
             raise KeyError(
                 f"{type(self).__name__} needs batches with 'forget' and 'retain' entries; missing "
-                f"{missing} (got keys {sorted(inputs)}). Use an unlearn config: "
-                + UNLEARN_COMMAND.format(name=type(self).__name__)
+                f"{missing} (got keys {sorted(inputs)}). Use an unlearn config: " + self.unlearn_command()
             )
         return inputs["forget"], inputs["retain"]
 
@@ -217,7 +196,8 @@ class ASUTrainer(resume.ExactResumeMixin, OriginalModelMixin, GradDiff):
         return kl, outputs, {"forget_kl": kl}
 
     def retain_nll(self, model, retain):
-        return answer_nll(self._forward_logits(model, retain), retain["labels"])
+        """Token-mean NLL over the retain answers of the global batch (all processes)."""
+        return global_token_mean(*answer_nll_sum(self._forward_logits(model, retain), retain["labels"]))
 
     def retain_kl(self, model, retain):
         student = self._forward_logits(model, retain)
@@ -236,43 +216,10 @@ class ASUTrainer(resume.ExactResumeMixin, OriginalModelMixin, GradDiff):
         retain_loss = self.compute_retain_loss(model, retain)
         loss = self.gamma * forget_loss + self.alpha * retain_loss
         parts = {**parts, "retain_loss": retain_loss}
-        self._check_finite(loss, parts)
+        self.check_finite(loss, parts)
         if model.training:  # evaluation batches must not leak into the logged training terms
-            self._accumulate(**parts)
+            self.accumulate(**parts)
         return (loss, forget_outputs) if return_outputs else loss
-
-    def _check_finite(self, loss, parts) -> None:
-        """Raise on a non-finite loss — on every rank at once: a rank that raised alone would
-        leave the others waiting in the next all-reduce for ever."""
-        bad = torch.tensor(0.0 if torch.isfinite(loss.detach()) else 1.0, device=loss.device)
-        if self.args.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        if bad.item():
-            detail = ", ".join(f"{key}={float(value)}" for key, value in parts.items())
-            where = "" if torch.isfinite(loss.detach()) else f" ({detail})"
-            raise FloatingPointError(
-                f"{type(self).__name__}: loss is not finite on some rank{where} at step "
-                f"{self.state.global_step}; try fp32 / bf16 instead of fp16, or a lower learning rate"
-            )
-
-    # ---- logging: forget_kl / retain_loss beside OU's loss ------------------------------
-
-    def _accumulate(self, **values) -> None:
-        for key, value in values.items():
-            value = torch.as_tensor(value).detach().float()
-            self._asu_sums[key] = self._asu_sums.get(key, 0.0) + value
-        self._asu_count += 1
-
-    def log(self, logs, *args, **kwargs):
-        """Add the mean forget_kl / retain_loss since the last log to each training log."""
-        if "loss" in logs and self._asu_count:
-            for key in self.LOGGED:
-                mean = self._asu_sums[key] / self._asu_count
-                if hasattr(self, "_nested_gather"):
-                    mean = self._nested_gather(mean.reshape(1).to(self.args.device)).mean()
-                logs[key] = float(mean)
-            self._asu_sums, self._asu_count = {}, 0
-        return super().log(logs, *args, **kwargs)
 
     # ---- run record ---------------------------------------------------------------------
 
@@ -285,43 +232,30 @@ class ASUTrainer(resume.ExactResumeMixin, OriginalModelMixin, GradDiff):
             "alpha": self.alpha,
             "retain_loss_type": self.retain_loss_type,
             "teacher_path": self.teacher_path,
+            "health_check": self.health_check,
+            "retain_draw": self.retain_draw,
             "smoothed_layers": _ranges(self._selection.layers),
             "lora": self.lora,
             "teacher_cache": self._cache_plan.mode if self._cache_plan is not None else None,
         }
 
-    def _write_record(self, status: str, **extra) -> None:
-        if self.is_world_process_zero():
-            extra = {**getattr(self, "_record_extra", {}), **extra}
-            record = run_record.run_record(type(self).__name__, self.asu_settings(), status, **extra)
-            run_record.write_run_record(self.args.output_dir, record)
+    def run_settings(self) -> dict:
+        return self.asu_settings()
 
-    def train(self, *args, **kwargs):
-        """Train, bracketed by asu_run.json; a failure leaves ASU_FAILED.txt (and no model:
-        OU saves the model only after train() returns). Resumes when
-        ``trainer.args.resume_from_checkpoint`` is set (a checkpoint dir, or true)."""
-        output_dir = self.args.output_dir
-        kwargs = self.resume_kwargs(args, kwargs)
-        if self.is_world_process_zero():
-            os.makedirs(output_dir, exist_ok=True)
-            run_record.clear_failure_marker(output_dir)
-        resuming = kwargs.get("resume_from_checkpoint") or (args and args[0])
-        self._record_extra = {
-            "frozen_fingerprint": self.frozen_fingerprint(),
-            "resumed_from": str(resuming) if resuming else None,
+    def record_extra(self) -> dict:
+        fingerprint = self.frozen_fingerprint()
+        return {
+            "frozen_fingerprint": fingerprint,
+            "attention": getattr(self, "_attention", None),
+            **self._teacher_record,
+            **self.prepare_original_model(fingerprint),  # the teacher cache, built (or reloaded) here
         }
-        self._record_extra.update(self.prepare_original_model(self._record_extra["frozen_fingerprint"]))
-        self._write_record("training")
-        try:
-            with self.exact_resume(resuming):
-                result = super().train(*args, **kwargs)
-        except BaseException as error:
-            if self.is_world_process_zero():
-                run_record.write_failure_marker(output_dir, error, f"training {type(self).__name__}")
-                self._write_record("failed", error=f"{type(error).__name__}: {error}")
-            raise
-        self._write_record("trained", global_step=self.state.global_step)
-        return result
+
+    def rng_tracked(self) -> bool:
+        return self.retain_draw != "indexed"  # indexed draws need no saved RNG state; OU's draw does
+
+    def training_context(self):
+        return draws.indexed_retain_draw(self) if self.retain_draw == "indexed" else contextlib.nullcontext()
 
 
 class ASU_GD(ASUTrainer):
@@ -356,8 +290,8 @@ class ASU_IDK(ASUTrainer):
             raise ValueError(f"ASU_IDK: retain_loss_type must be KL or NLL, got {retain_loss_type!r}")
         return retain_loss_type
 
-    def _check_dataset(self, dataset) -> None:
-        super()._check_dataset(dataset)
+    def check_unlearn_dataset(self, dataset) -> None:
+        super().check_unlearn_dataset(dataset)
         if dataset is not None and not hasattr(dataset.forget, "idk_responses"):
             raise ValueError(
                 f"ASU_IDK needs IDK answers: its forget set must be OU's QAwithIdkDataset, got "
@@ -377,7 +311,7 @@ class ASU_IDK(ASUTrainer):
     def compute_forget_loss(self, model, forget):
         original, idk = forget["original"], forget["alternate"]
         kl, outputs = self.forget_kl(model, original, drop_first_answer_token(original["labels"]))
-        idk_nll = answer_nll(self._forward_logits(model, idk), idk["labels"])
+        idk_nll = global_token_mean(*answer_nll_sum(self._forward_logits(model, idk), idk["labels"]))
         return kl + idk_nll, outputs, {"forget_kl": kl, "idk_nll": idk_nll}
 
 
