@@ -101,11 +101,30 @@ def test_ou_eval_scores_the_merged_lora_model(lora_run, run_ou, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cache_sweep(run_ou, ou_data, tiny_model_dir, tmp_path_factory):
+def tiny_gpt2_dir(model_dir, tmp_path_factory):
+    """A 2-layer GPT-2 (SmolLM2's tokenizer and vocabulary, no dropout): *absolute* position
+    embeddings, so a sample whose positions shifted with its batch's padding gets other logits
+    (Llama's rotary embeddings only see relative positions: a shift changes its logits at float
+    noise level only)."""
+    from transformers import AutoConfig, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny-gpt2"
+    base = AutoConfig.from_pretrained(model_dir)
+    config = GPT2Config(vocab_size=base.vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=1024,
+                        bos_token_id=base.bos_token_id, eos_token_id=base.eos_token_id, pad_token_id=base.pad_token_id,
+                        initializer_range=0.15, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache_sweep(run_ou, ou_data, tiny_gpt2_dir, tmp_path_factory):
     """ASU_GD, 8 forget rows, batch 4, 2 shuffled epochs: cache off / on x right / left padding,
     four jobs of one Hydra multirun of OU's train.py."""
     sweep_dir = tmp_path_factory.mktemp("cache") / "sweep"
-    run = run_ou("train.py", "-m", *CPU_TRAIN, "trainer=ASU_GD", *model_overrides(tiny_model_dir), "task_name=cache",
+    run = run_ou("train.py", "-m", *CPU_TRAIN, "trainer=ASU_GD", *model_overrides(tiny_gpt2_dir), "task_name=cache",
                  FORGET_8, "trainer.args.per_device_train_batch_size=4", "trainer.args.num_train_epochs=2",
                  "trainer.args.learning_rate=1e-3", "trainer.args.report_to=none",
                  "trainer.method_args.teacher_cache=false,true",
@@ -125,29 +144,31 @@ def _steps(run_dir):
     return [entry for entry in state["log_history"] if "loss" in entry]
 
 
+def _loss(step) -> float:
+    return 0.1 * step["forget_kl"] + step["retain_loss"]  # gamma 0.1, alpha 1
+
+
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_cache_equals_uncached_over_two_epochs(cache_sweep, tiny_model_dir, side):
+def test_cache_equals_uncached_over_two_epochs(cache_sweep, side):
+    """Every step's loss of the cached run == the uncached run's, to 1e-6 (relative for the
+    retain NLL of ~11, where one float32 step is 1e-6). Not compared: the weights, which Adam moves
+    by ~lr * sign(gradient), so a 1e-9 difference in a near-zero gradient can flip a step."""
     _, jobs = cache_sweep
     plain, cached = _steps(jobs[(False, side)]), _steps(jobs[(True, side)])
     assert len(plain) == len(cached) == 4 and cached[-1]["epoch"] == 2.0
     for a, b in zip(plain, cached):  # Trainer rounds "loss" to 4 digits: compare the terms, full precision
         assert b["forget_kl"] == pytest.approx(a["forget_kl"], abs=1e-6)
-        assert b["retain_loss"] == pytest.approx(a["retain_loss"], abs=1e-6)
-        assert 0.1 * b["forget_kl"] + b["retain_loss"] == pytest.approx(0.1 * a["forget_kl"] + a["retain_loss"], abs=1e-6)
-    # the weights: Adam's first steps move each weight by ~lr * sign(gradient), so a 1e-8 difference
-    # in a near-zero gradient can show; bounded by 1% of how far training moved them
-    plain_w, cached_w = (load_file(jobs[(c, side)] / "model.safetensors") for c in (False, True))
-    original = load_file(tiny_model_dir / "model.safetensors")
-    moved = max((plain_w[k] - original[k]).abs().max().item() for k in original)
-    assert moved > 1e-3 and max((plain_w[k] - cached_w[k]).abs().max().item() for k in original) <= 0.01 * moved
+        assert b["retain_loss"] == pytest.approx(a["retain_loss"], rel=1e-6)
+        assert _loss(b) == pytest.approx(_loss(a), rel=1e-6)
 
 
 def test_positions_do_not_depend_on_padding_side(cache_sweep):
-    """Explicit position ids: left- and right-padded runs see the same logits per sample."""
+    """Explicit position ids: left- and right-padded runs see the same logits per sample
+    (without them, GPT-2's left-padded samples are shifted: forget_kl differs by ~0.1)."""
     _, jobs = cache_sweep
     for a, b in zip(_steps(jobs[(False, "right")]), _steps(jobs[(False, "left")])):
-        assert b["forget_kl"] == pytest.approx(a["forget_kl"], abs=1e-5)
-        assert b["retain_loss"] == pytest.approx(a["retain_loss"], abs=1e-5)
+        assert b["forget_kl"] == pytest.approx(a["forget_kl"], abs=1e-6)
+        assert b["retain_loss"] == pytest.approx(a["retain_loss"], rel=1e-6)
 
 
 def test_cache_size_stated_before_building_and_frozen_model_released(cache_sweep, probed):
@@ -206,7 +227,7 @@ def test_lora_with_teacher_path_refused(probed, reliability):
 def test_teacher_cache_over_budget(probed, reliability):
     result = probed["bad"]["budget"]
     size = result["answer_tokens"] * VOCAB * 4 / 1e9  # counted by the probe, not by the trainer
-    assert result["error"].startswith("TeacherCacheTooLarge")
+    assert (result["error"] or "no error").startswith("TeacherCacheTooLarge")
     assert f"{result['answer_tokens']} answer tokens" in result["error"] and f"{size:.3f} GB" in result["error"]
     assert "teacher_cache=mmap" in result["error"] and "teacher_cache=false" in result["error"]
     assert result["failure_marker"]
