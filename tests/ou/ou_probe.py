@@ -294,6 +294,7 @@ def probe_edge(method: str, model_dir: str) -> dict:
         else:
             crafted["forget"]["labels"] = torch.full_like(batch["forget"]["labels"], -100)
         trainer.model.zero_grad(set_to_none=True)
+        trainer.model.train()  # a training step: its terms are logged (evaluation batches' are not)
         trainer._asu_sums, trainer._asu_count = {}, 0
         loss = trainer.compute_loss(trainer.model, crafted)
         loss.backward()
