@@ -41,7 +41,7 @@ def test_every_command_composes(composed):
     _, results = composed
     errors = {name: cfg["error"] for name, (_, cfg) in results.items() if "error" in cfg}
     assert not errors
-    assert len(results) == 4 + 6 * 2 * 2 + 2 * 2 + 1
+    assert len(results) == 4 + len(settings.METHODS) * 2 * 2 + 2 * 2 + 1
 
 
 def test_a_row_s_own_overrides_reach_its_trainer(composed):
@@ -124,7 +124,7 @@ def test_the_command_line_prints_the_plan(tmp_path):
                            "--base-model", str(base)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    assert len(lines) == 4 + 6 * 2 * 2
+    assert len(lines) == 4 + len(settings.METHODS) * 2 * 2
     assert lines[0].startswith("finetune_target: python src/train.py ") and f"model_name_or_path={base} " in lines[0]
-    assert lines[-1].startswith("eval_IDK_lr0.0001_s0: python src/eval.py ")
+    assert lines[-1].startswith(f"eval_{list(settings.METHODS)[-1]}_lr0.0001_s0: python src/eval.py ")
     assert f"retain_logs_path={work}/evals/retain/TOFU_EVAL.json" in lines[-1]
