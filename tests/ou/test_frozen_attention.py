@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+# one worker builds the module's shared runs once (pytest-xdist --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("frozen_attention")
+
 
 @pytest.fixture(scope="module")
 def backends(probe, tiny_model_dir) -> dict:

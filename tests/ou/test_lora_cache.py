@@ -14,7 +14,8 @@ from asu_plugin.openunlearning.process import run_in_ou
 
 from .conftest import CPU_TRAIN, PROBE, TEST_ENV, model_overrides
 
-pytestmark = pytest.mark.slow
+# one worker builds the module's shared runs once (pytest-xdist --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lora_cache")]
 
 CACHE_PROBE = PROBE.with_name("lora_cache_probe.py")
 VOCAB = 49152  # SmolLM2's, the tiny model's too

@@ -25,6 +25,9 @@ from minitofu.plan import Plan  # noqa: E402
 EXTRA_ROW = settings.MethodRow("ASU_KL_tau2", "ASU_KL", "asu", ("trainer.method_args.tau=2.0",
                                                                "trainer.method_args.gamma=0.5"))
 
+# one worker builds the module's shared runs once (pytest-xdist --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("mini_tofu_plan")
+
 
 @pytest.fixture(scope="module")
 def composed(probe, tmp_path_factory):

@@ -26,7 +26,8 @@ from asu_plugin.openunlearning.process import run_in_ou
 
 from .conftest import TEST_ENV, OURun, model_overrides
 
-pytestmark = pytest.mark.slow
+# one worker builds the module's shared runs once (pytest-xdist --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sga")]
 
 SGA_PROBE = Path(__file__).with_name("sga_probe.py")
 RUN_SH = Path(__file__).resolve().parents[2] / "community" / "methods" / "SGA" / "run.sh"
