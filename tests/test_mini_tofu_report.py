@@ -107,7 +107,7 @@ def test_seed_statistics_and_verdict(work):
     assert rows["ASU_KL"]["seeds"] == [0, 1, 2] and rows["ASU_KL"]["model_utility"]["std"] == 0.0
     assert report["costs"]["cpu_s"] == {"build": 150.0, "grid": 120.0, "seeds": 120.0}
     text = verdict(report)
-    assert text.startswith("Highest mean forget_quality: ASU_KL (0.3); ASU_GD 0.15, GradDiff 0.02")
+    assert text.startswith("Highest mean forget_quality: ASU_KL (0.3); NPO 0.1, IDK 0.2, ASU_GD 0.15, GradDiff 0.02")
     assert ("forgets more than NPO and IDK: yes; keeps model_utility >= 0.45: yes; answers at least as fluently: "
             "yes. The paper's claim holds") in text
     assert [s["answers"]["ASU_KL"] for s in report["samples"]] == [f"ASU_KL_lr0.0001_s0 answer {i}" for i in range(5)]

@@ -35,8 +35,9 @@ SETTINGS = {
 
 #: What a row is in the study's question. ``asu``: a variant of the method under test (the
 #: verdict takes the best of them); ``rival``: a method the paper's claim is checked against;
-#: ``baseline``: in the tables only. ``rival`` and ``asu`` rows show their sample answers.
-ROLES = ("asu", "rival", "baseline")
+#: ``method``: a method studied in its own right beside ASU (SGA), not part of ASU's verdict;
+#: ``baseline``: in the tables only. Every role but ``baseline`` shows its sample answers.
+ROLES = ("asu", "rival", "method", "baseline")
 
 
 @dataclass(frozen=True)
@@ -70,25 +71,26 @@ class MethodRow:
         return spec
 
 
-# every method with OU's own defaults for its hyperparameters (configs/trainer/<trainer>.yaml);
-# the grid runs in this order, ASU first: a study cut short by a session's end still answers
-# its question (ASU beside the baselines finished so far)
+# every method with OU's own defaults for its hyperparameters (configs/trainer/<trainer>.yaml).
+# The grid runs in this order: a study cut short by a session's end still answers its current
+# question. This round's question (issues 14 and 15) is the automatic teacher and SGA beside the
+# rivals, so those rows come first; the paper-setting ASU rows and the other baselines follow.
 # The plugin's rows draw retain rows with OU's global RNG (retain_draw=ou), exactly as OU's own
 # trainers (the baselines) draw them and as the ASU rows did before the indexed draw existed.
 OU_DRAW = "trainer.method_args.retain_draw=ou"
 # the automatic teacher (issue 14): tau and layers chosen from the model and the forget set alone
 AUTO_TEACHER = ("trainer.method_args.tau=auto", "trainer.method_args.layers=auto")
 METHODS: dict[str, MethodRow] = {row.label: row for row in (
+    MethodRow("ASU_GD_auto", "ASU_GD", "asu", overrides=(*AUTO_TEACHER, OU_DRAW)),
+    MethodRow("ASU_KL_auto", "ASU_KL", "asu", overrides=(*AUTO_TEACHER, OU_DRAW)),
+    MethodRow("SGA", "SGA", "method"),  # configs/trainer/SGA.yaml defaults (our reading of the paper)
+    MethodRow("NPO", "NPO", "rival"),
+    MethodRow("IDK", "DPO", "rival", experiment="unlearn/tofu/idk"),  # OU's IDK: DPO towards idk.jsonl
     # the paper's setting (tau 2.3 on every layer)
     MethodRow("ASU_GD", "ASU_GD", "asu", overrides=(OU_DRAW,)),
     MethodRow("ASU_KL", "ASU_KL", "asu", overrides=(OU_DRAW,)),
-    MethodRow("ASU_GD_auto", "ASU_GD", "asu", overrides=(*AUTO_TEACHER, OU_DRAW)),
-    MethodRow("ASU_KL_auto", "ASU_KL", "asu", overrides=(*AUTO_TEACHER, OU_DRAW)),
     MethodRow("GradDiff", "GradDiff", "baseline"),
-    MethodRow("NPO", "NPO", "rival"),
     MethodRow("SimNPO", "SimNPO", "baseline"),
-    MethodRow("IDK", "DPO", "rival", experiment="unlearn/tofu/idk"),  # OU's IDK: DPO towards idk.jsonl
-    MethodRow("SGA", "SGA", "baseline"),  # configs/trainer/SGA.yaml defaults (our reading of the paper)
 )}
 
 
@@ -98,8 +100,9 @@ def labels(role: str) -> list[str]:
 
 
 def sample_labels() -> list[str]:
-    """Whose answers the sample table shows: the two models built, then the rivals, then ASU's rows."""
-    return ["target", "retain", *labels("rival"), *labels("asu")]
+    """Whose answers the sample table shows: the two models built, the rivals, ASU's rows, then the
+    other methods studied (SGA)."""
+    return ["target", "retain", *labels("rival"), *labels("asu"), *labels("method")]
 
 CPU_ARGS = [  # what OU needs off a GPU (see configs/experiment/unlearn/tofu/asu_cpu.yaml)
     "trainer.args.optim=adamw_torch", "trainer.args.bf16=false", "trainer.args.bf16_full_eval=false",
