@@ -4,7 +4,9 @@ trainers built as train.py builds them (tests/ou/lora_cache_probe.py), on the ti
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +14,11 @@ from safetensors.torch import load_file
 
 from asu_plugin.openunlearning.process import run_in_ou
 
-from .conftest import CPU_TRAIN, PROBE, TEST_ENV, model_overrides
+from .conftest import CPU_TRAIN, PROBE, TEST_ENV, OURun, model_overrides
 
-pytestmark = pytest.mark.slow
+# the probe, the LoRA run and the cache sweep are made once per session (once_per_session), on
+# whichever worker gets there first; the group keeps the module on one worker where xdist can
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lora_cache")]
 
 CACHE_PROBE = PROBE.with_name("lora_cache_probe.py")
 VOCAB = 49152  # SmolLM2's, the tiny model's too
@@ -22,14 +26,40 @@ LORA = "trainer.method_args.lora={r: 4, alpha: 8, dropout: 0.1, target_modules: 
 FORGET_8 = "data.forget.TOFU_QA_forget.args.hf_args.split='train[:8]'"
 
 
+def once_per_session(tmp_path_factory, name: str, make):
+    """``make(directory)``'s JSON result, computed once per test session even when pytest-xdist
+    spreads this module's tests over several workers (they share the base temp dir's parent;
+    the first one computes under a lock, the others read its result). Why not xdist_group: with
+    pytest 9 and xdist 3.8 the group suffix xdist writes to ``item._nodeid`` is ignored."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    done = root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.is_file():
+            done.write_text(json.dumps(make(root / name)))
+        return json.loads(done.read_text())
+
+
+def _run_record(run) -> dict:
+    return {"args": [str(a) for a in run.args], "output": run.output, "run_dir": str(run.run_dir)}
+
+
+def _run(record: dict) -> OURun:
+    return OURun(record["args"], 0, record["output"], Path(record["run_dir"]))
+
+
 @pytest.fixture(scope="module")
 def probed(ou_dir, ou_data, tiny_model_dir, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("lora_cache_probe")
-    done = run_in_ou([CACHE_PROBE, "all", tiny_model_dir, out], ou_dir, capture=True, env=TEST_ENV, timeout=1800)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE_JSON ")]
-    if done.returncode != 0 or not lines:
-        pytest.fail(f"lora_cache_probe failed ({done.returncode}):\n{done.output[-6000:]}")
-    return json.loads(lines[-1][len("PROBE_JSON "):])
+    def make(out):
+        done = run_in_ou([CACHE_PROBE, "all", tiny_model_dir, out], ou_dir, capture=True, env=TEST_ENV, timeout=1800)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE_JSON ")]
+        if done.returncode != 0 or not lines:
+            pytest.fail(f"lora_cache_probe failed ({done.returncode}):\n{done.output[-6000:]}")
+        return json.loads(lines[-1][len("PROBE_JSON "):])
+
+    return once_per_session(tmp_path_factory, "lora_cache_probe", make)
 
 
 # ---- LoRA: teacher and reference are the student's base, adapters off ---------------------
@@ -56,14 +86,20 @@ def test_lora_loss_and_adapters_off_passes(probed, method, frozen_passes):
 @pytest.fixture(scope="module")
 def lora_run(run_ou, ou_data, tiny_model_dir, tmp_path_factory):
     """ASU_KL + LoRA with gradient checkpointing, 2 steps through OU's train.py."""
-    run_dir = tmp_path_factory.mktemp("lora") / "run"
-    return run_ou("train.py", *CPU_TRAIN, "trainer=ASU_KL", *model_overrides(tiny_model_dir), "task_name=lora",
-                  "trainer.args.max_steps=2", "trainer.args.learning_rate=1e-3", "trainer.args.report_to=none",
-                  "trainer.args.gradient_checkpointing=true", LORA, run_dir=run_dir)
+    def make(out):
+        run = run_ou("train.py", *CPU_TRAIN, "trainer=ASU_KL", *model_overrides(tiny_model_dir), "task_name=lora",
+                     "trainer.args.max_steps=2", "trainer.args.learning_rate=1e-3", "trainer.args.report_to=none",
+                     "trainer.args.gradient_checkpointing=true", LORA, run_dir=out / "run")
+        return {**_run_record(run), "model": str(tiny_model_dir)}
+
+    record = once_per_session(tmp_path_factory, "lora_run", make)
+    run = _run(record)
+    run.model = Path(record["model"])  # the tiny model it trained (another worker's, same weights)
+    return run
 
 
-def test_lora_with_gradient_checkpointing_trains_and_saves_merged(lora_run, tiny_model_dir):
-    run_dir = lora_run.run_dir
+def test_lora_with_gradient_checkpointing_trains_and_saves_merged(lora_run):
+    run_dir, tiny_model_dir = lora_run.run_dir, lora_run.model
     adapter = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     assert config["r"] == 4 and sorted(config["target_modules"]) == ["k_proj", "o_proj", "q_proj", "v_proj"]
@@ -123,13 +159,16 @@ def tiny_gpt2_dir(model_dir, tmp_path_factory):
 def cache_sweep(run_ou, ou_data, tiny_gpt2_dir, tmp_path_factory):
     """ASU_GD, 8 forget rows, batch 4, 2 shuffled epochs: cache off / on x right / left padding,
     four jobs of one Hydra multirun of OU's train.py."""
-    sweep_dir = tmp_path_factory.mktemp("cache") / "sweep"
-    run = run_ou("train.py", "-m", *CPU_TRAIN, "trainer=ASU_GD", *model_overrides(tiny_gpt2_dir), "task_name=cache",
-                 FORGET_8, "trainer.args.per_device_train_batch_size=4", "trainer.args.num_train_epochs=2",
-                 "trainer.args.learning_rate=1e-3", "trainer.args.report_to=none",
-                 "trainer.method_args.teacher_cache=false,true",
-                 "collator.DataCollatorForSupervisedDataset.args.padding_side=right,left",
-                 f"hydra.sweep.dir={sweep_dir}")
+    def make(out):
+        return {"sweep_dir": str(out), **_run_record(run_ou(
+            "train.py", "-m", *CPU_TRAIN, "trainer=ASU_GD", *model_overrides(tiny_gpt2_dir), "task_name=cache",
+            FORGET_8, "trainer.args.per_device_train_batch_size=4", "trainer.args.num_train_epochs=2",
+            "trainer.args.learning_rate=1e-3", "trainer.args.report_to=none",
+            "trainer.method_args.teacher_cache=false,true",
+            "collator.DataCollatorForSupervisedDataset.args.padding_side=right,left", f"hydra.sweep.dir={out}"))}
+
+    record = once_per_session(tmp_path_factory, "cache_sweep", make)
+    run, sweep_dir = _run(record), Path(record["sweep_dir"])
     jobs = {}
     for job in sorted(sweep_dir.glob("*/asu_run.json")):
         overrides = (job.parent / ".hydra" / "overrides.yaml").read_text()
