@@ -105,13 +105,19 @@ def test_quick_run_trainer_sections(quick_run):
     out, document, markdown = quick_run
     assert not document["meta"]["skipped"]
     step = document["train_step"]
-    assert set(step["pairs"]) == {"gd", "kl"}
+    assert set(step["pairs"]) == {"gd", "kl", "gd_cache", "kl_lora", "kl_lora_npo"}
     expected_passes = {  # per step: student forward / backward, frozen forward
         "ASU_GD": (2, 2, 1), "NPO_NLL": (2, 2, 1), "ASU_KL": (2, 2, 2), "NPO_KL": (3, 2, 2),
+        # the cache replaces the teacher pass; a LoRA student's adapters-off passes count as frozen
+        "ASU_GD_CACHE": (2, 2, 0), "GradDiff": (2, 2, 0), "ASU_KL_LORA": (2, 2, 2), "NPO_KL_LORA": (3, 2, 2),
     }
-    expected_token_kl = {"ASU_GD": 1, "ASU_KL": 2, "NPO_NLL": 0, "NPO_KL": 0}
+    expected_token_kl = {"ASU_GD": 1, "ASU_KL": 2, "NPO_NLL": 0, "NPO_KL": 0, "ASU_GD_CACHE": 1, "GradDiff": 0,
+                         "ASU_KL_LORA": 2, "NPO_KL_LORA": 0}
+    cache = step["pairs"]["gd_cache"]["candidate_extra"]
+    assert cache["teacher_cache_mb"]["median"] > 0 and cache["cache_build_peak_rss_mb"]["median"] > 0
     for pair in step["pairs"].values():
-        assert pair["time_ratio"]["n"] == document["meta"]["config"]["step"]["reps"]
+        cfg_step = document["meta"]["config"]["step"]
+        assert pair["time_ratio"]["n"] == cfg_step["reps" if pair["timing"] == "interleaved" else "rss_reps"]
         assert pair["rss_ratio"] > 0
         for method, entry in pair["methods"].items():
             passes = entry["passes"]
@@ -253,6 +259,35 @@ def test_fresh_pair_is_planned_and_analysed():
     assert [(g["name"], g["met"]) for g in report["goals"]] == [
         ("step time ASU_GD / NPO_NLL", False), ("step peak RSS ASU_GD / NPO_NLL", True)]
     assert "slower by 62.5% even at the IQR's low end" in report["goals"][0]["text"]
+
+
+def test_rss_allowance_goal():
+    """A pair whose RSS goal allows the candidate's own figure on top (the teacher cache): met when
+    candidate <= limit x baseline + allowance, medians. Here 520 <= 1.02 x 400 + 120 = 528."""
+    from perfbench.comparisons import Pair
+    from perfbench.config import make_config
+    from perfbench.sections import step
+
+    cfg = make_config(quick=False, model="unused")
+    cfg["step"]["rss_reps"] = 3
+    pair = Pair("cache", candidate="ASU_GD_CACHE", baseline="GradDiff", timing="fresh", time_goal=None,
+                rss_goal="cache_rss", rss_allowance="teacher_cache_mb")
+    samples = {"ASU_GD_CACHE": [510.0, 520.0, 530.0], "GradDiff": [390.0, 400.0, 410.0]}
+    results = {}
+    for p in step.plan(cfg, pairs=(pair,)):
+        rep = int(p["name"][-1])
+        results[p["name"]] = {"step_s": 1.0, "peak_rss_mb": samples[p["method"]][rep], "vocab": 7,
+                              "passes": {}, "token_kl_calls": {"n": 0, "is_loss_token_kl": True},
+                              **({"teacher_cache_mb": 120.0} if p["method"] == "ASU_GD_CACHE" else {})}
+    report = {"goals": []}
+    step.analyse(cfg, results, report, pairs=(pair,))
+    [record] = report["goals"]
+    assert record["met"] is True and record["value"] == pytest.approx(520.0 / 528.0)
+    assert "520 MB vs 1.02 x 400 + 120.0 = 528 MB" in record["text"]
+    results = {k: {**v, "teacher_cache_mb": 100.0} if "teacher_cache_mb" in v else v for k, v in results.items()}
+    report = {"goals": []}
+    step.analyse(cfg, results, report, pairs=(pair,))
+    assert report["goals"][0]["met"] is False and "over by" in report["goals"][0]["text"]  # 520 > 508
 
 
 def test_partial_run_refuses_another_configuration(tmp_path):

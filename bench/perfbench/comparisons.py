@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from .config import ASU_ARGS, NPO_ARGS
+from .config import ASU_ARGS, GRADDIFF_ARGS, LORA_ARGS, NPO_ARGS
 
 TIMINGS = ("interleaved", "fresh")
 
@@ -48,6 +48,11 @@ class Pair:
     timing: str = "interleaved"
     time_goal: str | None = "step_time"
     rss_goal: str | None = "step_rss"
+    #: a figure (MB) the candidate's processes report that its RSS goal allows on top of the
+    #: baseline's (the teacher cache's own size): met when candidate <= limit x baseline + it
+    rss_allowance: str | None = None
+    #: how the pair was built, for the report (e.g. how a baseline without a LoRA path got one)
+    note: str = ""
 
     @property
     def methods(self) -> tuple[str, str]:
@@ -63,11 +68,29 @@ METHODS: Mapping[str, Method] = MappingProxyType({
     "ASU_KL_2COPIES": Method("perfbench.bench_trainers:ASU_KL_TwoCopies", ASU_ARGS),
     "NPO_NLL": Method(_NPO, {**NPO_ARGS, "retain_loss_type": "NLL"}),
     "NPO_KL": Method(_NPO, {**NPO_ARGS, "retain_loss_type": "KL"}),
+    # issue 17: one copy of the weights
+    "GradDiff": Method("trainer.unlearn.grad_diff:GradDiff", GRADDIFF_ARGS),  # OpenUnlearning's
+    "ASU_GD_CACHE": Method("perfbench.bench_trainers:ASU_GD_CachedTeacher", {**ASU_ARGS, "teacher_cache": True}),
+    "ASU_KL_LORA": Method(f"{_ASU}:ASU_KL", {**ASU_ARGS, "lora": LORA_ARGS}),
+    "NPO_KL_LORA": Method("perfbench.bench_trainers:NPO_LoRA", {**NPO_ARGS, "retain_loss_type": "KL", "lora": LORA_ARGS}),
 })
 
 STEP_PAIRS: tuple[Pair, ...] = (
     Pair("gd", candidate="ASU_GD", baseline="NPO_NLL"),
     Pair("kl", candidate="ASU_KL", baseline="NPO_KL"),
+    # issue 17: the teacher cache lets ASU_GD drop its frozen copy; a LoRA student needs none
+    Pair("gd_cache", candidate="ASU_GD_CACHE", baseline="GradDiff", timing="fresh", time_goal="cache_time",
+         rss_goal="cache_rss", rss_allowance="teacher_cache_mb",
+         note="ASU_GD with teacher_cache=true: the cache is built (and the frozen copy released) before the "
+              "measured steps; its peak RSS is the steps' (the build's own peak is reported beside it)"),
+    Pair("kl_lora", candidate="ASU_KL_LORA", baseline="ASU_KL", timing="fresh", time_goal=None, rss_goal="lora_rss",
+         note="ASU_KL with lora r=16 on q/k/v/o_proj (teacher and reference: the student's base, adapters off) "
+              "vs full ASU_KL (one frozen copy)"),
+    Pair("kl_lora_npo", candidate="ASU_KL_LORA", baseline="NPO_KL_LORA", timing="fresh", time_goal=None,
+         rss_goal=None,
+         note="OU has no LoRA path: NPO_KL_LORA is OU's NPO given the same PeftModel student (our lora.wrap, "
+              "before NPO's __init__), so NPO's reference is its deep copy of that PeftModel (full weights + "
+              "adapters)"),
 )
 
 #: The design section: peak RSS of ASU_KL as built (one frozen copy) vs the two-copy layout.
@@ -87,6 +110,8 @@ def check_comparisons(cfg: dict) -> None:
                                  f"perfbench.comparisons.METHODS ({', '.join(METHODS)}): add a Method for it")
         if pair.timing not in TIMINGS:
             raise ValueError(f"pair {pair.key!r}: timing {pair.timing!r} is not one of {TIMINGS}")
+        if pair.rss_allowance and not pair.rss_goal:
+            raise ValueError(f"pair {pair.key!r}: rss_allowance needs an rss_goal")
         for goal in (pair.time_goal, pair.rss_goal):
             if goal is not None and goal not in cfg["goals"]:
                 raise ValueError(f"pair {pair.key!r} names goal {goal!r}, which is not in the configuration's "

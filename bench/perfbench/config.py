@@ -16,6 +16,9 @@ MB = 2**20
 # Trainer settings: ASU as in configs/trainer/ASU_*.yaml, NPO as in OU's configs/trainer/NPO.yaml.
 ASU_ARGS = {"tau": 2.3, "gamma": 0.1, "alpha": 1.0}
 NPO_ARGS = {"beta": 0.1, "gamma": 1.0, "alpha": 1.0}
+GRADDIFF_ARGS = {"gamma": 1.0, "alpha": 1.0, "retain_loss_type": "NLL"}  # OU's configs/trainer/GradDiff.yaml
+# LoRA as in issue 17's example (the same adapters for ASU and for the NPO baseline)
+LORA_ARGS = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 FULL = {
     "quick": False,
@@ -28,7 +31,7 @@ FULL = {
     "scaling": {"answers": [128, 256, 512, 1024], "prompt": 32, "batch": 1, "methods": ["ASU_KL", "NPO_KL"],
                 "reps": 5, "warmup": 1},
     "goals": {"teacher_sdpa": 1.03, "step_time": 1.00, "step_rss": 1.05, "loss_mem": 0.25,
-              "loss_value": 1e-6},
+              "loss_value": 1e-6, "cache_time": 1.05, "cache_rss": 1.02, "lora_rss": 0.75},
 }
 QUICK = {
     **FULL,

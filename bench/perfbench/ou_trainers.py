@@ -78,9 +78,12 @@ def vocab_size(model) -> int:
     return int(model.config.vocab_size)
 
 
-def make_batch(vocab: int, batch: int, seq: int, prompt: int, seed: int = 0):
+def make_batch(vocab: int, batch: int, seq: int, prompt: int, seed: int = 0, keep_index: bool = False):
     """OU's ForgetRetainDataset of random token rows (labels -100 on the prompt) and one
-    batch collated by OU's DataCollatorForSupervisedDataset: {"forget": {...}, "retain": {...}}."""
+    batch collated by OU's DataCollatorForSupervisedDataset: {"forget": {...}, "retain": {...}}.
+    Rows carry their dataset ``index``, as OU's QA datasets do; with ``keep_index`` the collator
+    keeps it in the batch (``DataCollatorForSupervisedDatasetwithIndex``): what a method that
+    reads rows by index needs (:func:`reads_index`; OU's NPO would pass it on to the model)."""
     import torch
     from data.collators import DataCollatorForSupervisedDataset
     from data.unlearn import ForgetRetainDataset
@@ -89,17 +92,23 @@ def make_batch(vocab: int, batch: int, seq: int, prompt: int, seed: int = 0):
 
     def rows():
         items = []
-        for _ in range(batch):
+        for index in range(batch):
             ids = torch.randint(3, vocab, (seq,), generator=generator)  # never the pad id 0
             labels = ids.clone()
             labels[:prompt] = IGNORE_INDEX
-            items.append({"input_ids": ids, "labels": labels})
+            items.append({"input_ids": ids, "labels": labels, "index": index})
         return items
 
     torch.manual_seed(seed)  # ForgetRetainDataset draws the retain row with torch's RNG
     dataset = ForgetRetainDataset(forget=rows(), retain=rows())
-    collator = DataCollatorForSupervisedDataset(tokenizer=SimpleNamespace(pad_token_id=0))
+    collator = DataCollatorForSupervisedDataset(tokenizer=SimpleNamespace(pad_token_id=0),
+                                                index="index" if keep_index else None)
     return dataset, collator, collator([dataset[i] for i in range(len(dataset))])
+
+
+def reads_index(name: str) -> bool:
+    """Whether method ``name`` reads its forget rows by dataset index (the teacher cache)."""
+    return bool(METHODS[name].kwargs.get("teacher_cache"))
 
 
 def trainer_class(name: str):
@@ -169,11 +178,26 @@ class PassCounter:
         self.handles.append(module.register_forward_hook(hook))
 
     def attach_trainer(self, trainer):
-        """Student (trainer.model), frozen (trainer.ref_model) and, when present, teacher_model."""
+        """Student (trainer.model), frozen (trainer.ref_model, when there is one) and, when present,
+        teacher_model. A LoRA student's adapters-off passes run on its base model, which its own
+        passes also go through: they count as ``base_forward`` (see :meth:`frozen_forwards`)."""
         self.attach(trainer.model, "student")
-        self.attach(trainer.ref_model, "frozen")
+        if trainer.ref_model is not None:
+            self.attach(trainer.ref_model, "frozen")
         if getattr(trainer, "teacher_model", None) is not None:
             self.attach(trainer.teacher_model, "teacher")
+        if trainer.ref_model is None and getattr(trainer, "lora", None) is not None:
+            self.attach(trainer.model.get_base_model(), "base")
+
+    def result(self) -> dict:
+        """The counts, with a LoRA student's adapters-off passes as ``frozen_forward`` (its base
+        model's forwards that did not come through the student)."""
+        counts = dict(self.counts)
+        base = counts.pop("base_forward", None)
+        counts.pop("base_backward", None)
+        if base is not None:
+            counts["frozen_forward"] = base - counts.get("student_forward", 0)
+        return counts
 
     def detach(self):
         for handle in self.handles:
