@@ -39,6 +39,7 @@ caches, report, verdict); this file is its command line.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -54,6 +55,7 @@ from asu_plugin.openunlearning.jobs import OUJob, run_jobs  # noqa: E402
 from minitofu.collect import build_report  # noqa: E402
 from minitofu.costs import elapsed_recorder  # noqa: E402
 from minitofu.evals import load_summary  # noqa: E402
+from minitofu.kit import KIT_README, update_kit  # noqa: E402
 from minitofu.plan import Plan  # noqa: E402
 from minitofu.report import meta_info, write_outputs  # noqa: E402
 from minitofu.selection import check_memorisation, seed_jobs_ready  # noqa: E402
@@ -75,8 +77,14 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                         help="OU runs side by side, sharing the cores (default %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="print the OU commands of every phase and exit")
+    parser.add_argument("--kit-only", action="store_true",
+                        help="only rewrite the community kit README's block from <out>/mini_tofu.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.kit_only:
+        changed = update_kit(json.loads((Path(args.out) / "mini_tofu.json").read_text()))
+        logger.info("%s %s", "rewrote" if changed else "unchanged:", KIT_README)
+        return 0
     work, ou_dir = Path(args.work).expanduser(), Path(args.ou_dir).expanduser()
     plan = Plan(work, Path(args.base_model).expanduser())
     if args.dry_run:
@@ -115,6 +123,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     write_outputs(report, out, {**meta_info(ou_dir), "workers": args.workers})
     logger.info("wrote %s", out / "mini_tofu.md")
+    if out.resolve() == (REPO / "bench" / "results").resolve() and update_kit(report):  # the published study only
+        logger.info("rewrote the mini-TOFU block of %s", KIT_README)
     return 0
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench_scripts import load_bench_package
+from tests.bench_scripts import BENCH_DIR, load_bench_package
 
 load_bench_package("minitofu")
-from minitofu import settings  # noqa: E402
+from minitofu import settings, teachers  # noqa: E402
 from minitofu.collect import build_report  # noqa: E402
 from minitofu.plan import Plan, run_name  # noqa: E402
 from minitofu.report import write_outputs  # noqa: E402
@@ -114,8 +114,23 @@ def test_seed_statistics_and_verdict(work):
     assert report["samples"][0]["question"] == "Question 0?"
 
 
-def test_no_verdict_before_every_seed_and_an_honest_one_after(work, tmp_path):
+def write_teachers(work: Path, tmp_path: Path, monkeypatch) -> None:
+    """Run records of the ASU rows' seed-0 runs (ASU_KL: the paper's teacher; ASU_GD: an automatic
+    choice) and bench/teacher.py's results with the target's cell of the paper's teacher only."""
+    for name, record in ((run_name("ASU_KL", 1e-4, 0), {"asu": {"tau": 2.3, "smoothed_layers": "0-29"}}),
+                         (run_name("ASU_GD", 1e-4, 0), {"asu": {"tau": "auto", "smoothed_layers": "0-29"},
+                                                       "teacher_choice": {"choice": {"tau": 2.0, "layers": "0-9"}}})):
+        (work / "runs" / name).mkdir(parents=True)
+        (work / "runs" / name / "asu_run.json").write_text(json.dumps(record))
+    cell = {"fluent_rate": 0.0, "empty_rate": 0.1, "loop_rate": 0.9, "rouge_l_recall": 0.0633, "answers": []}
+    results = tmp_path / "teacher.json"
+    results.write_text(json.dumps({"models": {"target": {"num_layers": 30, "generated": {"tau=2.3|all": cell}}}}))
+    monkeypatch.setattr(teachers, "TEACHER_RESULTS", results)
+
+
+def test_no_verdict_before_every_seed_and_an_honest_one_after(work, tmp_path, monkeypatch):
     plan = Plan(work, work / "no-base")
+    write_teachers(work, tmp_path, monkeypatch)
     write_eval(work, "IDK_lr2e-05_s7", 0.9, 0.5)  # not a run of the plan: ignored
     unfinished = work / "evals" / run_name("GradDiff", 2e-5, 2)
     (unfinished / ".asu_job_done.json").unlink()
@@ -129,7 +144,13 @@ def test_no_verdict_before_every_seed_and_an_honest_one_after(work, tmp_path):
     assert text.startswith("Highest mean forget_quality: GradDiff")
     assert "Best ASU variant ASU_KL: model_utility 0.47, fluent answers 10% (NPO 100%, IDK 100%)" in text
     assert "forgets more than NPO and IDK: yes" in text and "answers at least as fluently: no" in text
-    assert "does not hold here as a whole. Next to try: smooth only the shallow layers" in text
+    assert "does not hold here as a whole. Goal for the best ASU variant (ASU_KL): forget_quality >= NPO's: " \
+           "0.3 vs 0.1, met; fluent answers >= 95%: 0.1 vs 0.95, missed by 0.85; model_utility >= 0.45: 0.47 vs " \
+           "0.45, met; forget ROUGE-L <= NPO's: 0.5 vs 0.5, met." in text
+    # each ASU row's teacher, from its run record, with bench/teacher.py's figures where measured
+    assert ("ASU_KL (tau 2.3, layers 0-29): its greedy answers are 0% fluent, 10% empty, 90% looping, ROUGE-L "
+            "recall of the gold answer 0.06") in text
+    assert "ASU_GD (tau 2, layers 0-9, chosen automatically): not measured on the target" in text
     out = tmp_path / "out"
     write_outputs(report, out, META)
     markdown = (out / "mini_tofu.md").read_text()
@@ -194,3 +215,15 @@ def test_a_method_row_is_one_data_change(work, tmp_path, monkeypatch):
 def test_a_bad_method_row_is_refused_with_the_fix(row, message):
     with pytest.raises(ValueError, match=message):
         settings.MethodRow(**row)
+
+
+def test_kit_readme_quotes_the_published_study():
+    """The community kit's README block is the one bench/results/mini_tofu.json gives (regenerated
+    by every study run, or `python bench/mini_tofu.py --kit-only`): no figure typed in by hand."""
+    import generated_text
+    from minitofu import kit
+
+    report = json.loads((BENCH_DIR / "results" / "mini_tofu.json").read_text())
+    block = generated_text.current_block(kit.KIT_README.read_text(), kit.BEGIN, kit.END, kit.KIT_README, kit.FIX)
+    assert block == kit.kit_block(report)
+    assert all(f"| {row['method']} | {row['lr']:g} | {len(row['seeds'])} |" in block for row in report["table"])

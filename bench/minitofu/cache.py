@@ -43,19 +43,25 @@ def fluency_of(eval_dirs: dict[str, Path], scorer_dirs: list[Path]) -> dict[str,
     return results
 
 
-def teacher_answers(plan: Plan, questions: list[str]) -> list[dict]:
-    """Greedy answers of the target under smoothed attention: what ASU distils towards (the
-    study's setting, tau 2.3 on all layers, and the same tau on the shallow layers 0-9), cached
-    in the work dir. Shows whether the teacher itself stays fluent on this model."""
+def teacher_answers(plan: Plan, questions: list[str], chosen: list[dict] = ()) -> list[dict]:
+    """Greedy answers of the target under smoothed attention: what ASU distils towards. The study's
+    setting (tau 2.3 on all layers), the same tau on the shallow layers 0-9, and each teacher the
+    automatic choice picked (``chosen``: ``{"tau", "layers"}`` from the runs' records), cached in
+    the work dir. Shows whether the teacher itself stays fluent on this model."""
+    settings = [(TEACHER_SETTINGS["tau"], layers) for layers in TEACHER_SETTINGS["layers"]]
+    settings += [(t["tau"], t["layers"]) for t in chosen if (t["tau"], t["layers"]) not in settings]
     cache = plan.work / TEACHER_FILE
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
-    if cached.get("questions") == questions:
+    if cached.get("questions") == questions and cached.get("settings") == [list(s) for s in settings]:
         return cached["answers"]
     from asu_plugin.tools.probe import load_model, run_generate
 
     model, tokenizer = load_model(plan.target)
-    rows = run_generate(model, tokenizer, questions, [TEACHER_SETTINGS["tau"]], TEACHER_SETTINGS["layers"],
-                        max_new_tokens=SETTINGS["eval"]["max_new_tokens"])
-    answers = [{f"teacher ({key.replace('|', ', ')})": text for key, text in row["smoothed"].items()} for row in rows]
-    write_json_atomic(cache, {"questions": questions, "answers": answers})
+    answers = [{} for _ in questions]
+    for tau, layers in settings:
+        rows = run_generate(model, tokenizer, questions, [tau], [layers],
+                            max_new_tokens=SETTINGS["eval"]["max_new_tokens"])
+        for answer, row in zip(answers, rows):
+            answer.update({f"teacher ({key.replace('|', ', ')})": text for key, text in row["smoothed"].items()})
+    write_json_atomic(cache, {"questions": questions, "settings": [list(s) for s in settings], "answers": answers})
     return answers

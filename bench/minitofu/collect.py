@@ -11,7 +11,8 @@ from .costs import phase_costs
 from .evals import is_finished, load_summary, metrics
 from .plan import Plan, run_name
 from .selection import check_memorisation, choose
-from .settings import METHODS, SETTINGS, sample_labels
+from .settings import METHODS, SETTINGS, labels, sample_labels
+from .teachers import measured, row_teacher
 
 #: the seed table's columns taken from OU's aggregates
 TABLE_METRICS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_ROUGE", "privleak")
@@ -65,12 +66,27 @@ def build_report(plan: Plan) -> dict:
         row["fluent_rate"] = mean_std([fluency[n]["fluent_rate"] for n in names if n in fluency])
         row["median_nll"] = mean_std([fluency[n]["median_nll"] for n in names if n in fluency])
         report["table"].append(row)
+    report["teachers"] = row_teachers(plan, report["chosen"])
     report["samples"] = sample_answers(summaries, report["chosen"])
     if report["samples"] and plan.target.is_dir():
-        teacher = teacher_answers(plan, [sample["question"] for sample in report["samples"]])
+        chosen = [t for t in report["teachers"].values() if t["chosen"]]
+        teacher = teacher_answers(plan, [sample["question"] for sample in report["samples"]], chosen)
         for sample, answers in zip(report["samples"], teacher):
             sample["answers"].update(answers)
     return report
+
+
+def row_teachers(plan: Plan, chosen: dict) -> dict[str, dict]:
+    """The teacher each ASU row was trained towards (seed 0 of its chosen lr, from the run record)
+    with its measured figures (:mod:`.teachers`; ``figures`` None where not measured)."""
+    teachers = {}
+    for method in labels("asu"):
+        if method in chosen:
+            run_dir = plan.run_dir(run_name(method, chosen[method]["lr"], SETTINGS["unlearn"]["grid_seed"]))
+            teacher = row_teacher(run_dir)
+            if teacher is not None:
+                teachers[method] = {**teacher, "figures": measured(teacher)}
+    return teachers
 
 
 def _fluency_brief(f: dict | None) -> dict | None:

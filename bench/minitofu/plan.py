@@ -34,6 +34,10 @@ class Plan:
         """Where OU's evaluation of model ``name`` (target, retain or a run) lands."""
         return self.work / "evals" / name
 
+    def run_dir(self, name: str) -> Path:
+        """Where OU's unlearning run ``name`` writes its model and ``asu_run.json``."""
+        return self.work / "runs" / name
+
     def _model(self, path: Path) -> list[str]:
         return ["model=SmolLM2-135M-Instruct", f"model.model_args.pretrained_model_name_or_path={path}",
                 f"model.tokenizer_args.pretrained_model_name_or_path={path}"]
@@ -74,7 +78,7 @@ class Plan:
             f"trainer.args.gradient_accumulation_steps={u['grad_accum']}",
             f"trainer.args.weight_decay={u['weight_decay']}", f"++trainer.args.warmup_steps={u['warmup_steps']}",
             f"trainer.args.seed={seed}", *CPU_ARGS, *row.overrides, f"task_name=mini_tofu_{name}",
-        ], self.work / "runs" / name, config_name="unlearn.yaml",
+        ], self.run_dir(name), config_name="unlearn.yaml",
             meta={"kind": "unlearn", "method": method, "lr": lr, "seed": seed}, after=(self.build["finetune_target"],))
 
     @functools.cached_property
@@ -94,7 +98,7 @@ class Plan:
     def method_jobs(self, method: str, lr: float, seed: int) -> list[OUJob]:
         name = run_name(method, lr, seed)
         unlearn = self.unlearn(method, lr, seed)
-        return [unlearn, self.evaluate(name, self.work / "runs" / name, method=method, lr=lr, seed=seed,
+        return [unlearn, self.evaluate(name, self.run_dir(name), method=method, lr=lr, seed=seed,
                                        after=(unlearn, self.build["eval_retain"]))]
 
     def grid_jobs(self) -> list[OUJob]:

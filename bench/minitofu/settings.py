@@ -30,6 +30,10 @@ SETTINGS = {
     "eval": {"forget": "train", "utility": "train[:80]", "max_new_tokens": 64, "batch": 8},
     "memorisation": {"rouge_gap": 0.2, "forget_quality_max": 0.05},
     "utility_floor": 0.9,
+    # issue 14's goal, reported against (not tested): the best ASU variant forgets at least as well
+    # as this rival (forget_quality), says no more of the facts (forget ROUGE-L), keeps the utility
+    # floor and answers fluently at least this often
+    "goal": {"rival": "NPO", "fluent_rate": 0.95},
     "samples": 5,
 }
 

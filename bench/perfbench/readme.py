@@ -8,10 +8,9 @@ cannot go stale. ``tests/test_bench_smoke.py`` checks the README against perf.js
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from asu_plugin.core.atomic import write_text_atomic
+import generated_text
 
 from .config import QUICK
 from .report import goal_rows
@@ -104,20 +103,14 @@ def readme_block(document: dict) -> str:
     return "\n".join(lines)
 
 
+FIX = "`python bench/perf.py --report-only`"
+
+
 def current_block(text: str, path: Path | str = "bench/README.md") -> str:
     """The marked block of a README text; ValueError naming the fix when the markers are missing."""
-    match = re.search(re.escape(BEGIN) + r".*?" + re.escape(END), text, flags=re.S)
-    if not match:
-        raise ValueError(f"{path} has no generated-figures block: put the two lines\n{BEGIN}\n{END}\n"
-                         "where the figures belong, then run `python bench/perf.py --report-only`")
-    return match.group(0)
+    return generated_text.current_block(text, BEGIN, END, path, FIX)
 
 
 def update_readme(path: Path, document: dict) -> bool:
     """Rewrite the marked block of ``path`` from ``document``; True when the text changed."""
-    text = path.read_text()
-    block = current_block(text, path)
-    new = text.replace(block, readme_block(document))
-    if new != text:
-        write_text_atomic(path, new)
-    return new != text
+    return generated_text.replace_block(path, BEGIN, END, readme_block(document), FIX)
