@@ -159,26 +159,51 @@ def main(argv=None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32, attn_implementation="sdpa")
     template_args = {"apply_chat_template": True}
-    report = {"meta": {
+    meta = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "transformers": transformers.__version__, "model": model_dir.name,
         "parameters": sum(p.numel() for p in model.parameters()), "dtype": "float32",
         "load_start": [round(x, 2) for x in os.getloadavg()],
-    }, "splits": []}
+    }
+    report = {"meta": meta, "splits": []}
+    # a split measured before with the same model and library versions is kept (resumable: each split
+    # is written as soon as it is measured, since all three take an hour or more on a busy 2-core CPU)
+    previous = read_previous(out / "sga_neighbours.json", meta)
     for split in tqdm(splits, desc="SGA neighbour tables"):
-        report["splits"].append(measure_split(split, model, tokenizer, template_args))
+        kept = [row for row in previous.get("splits", []) if row["forget_split"] == split]
+        report["splits"].append(kept[0] if kept else measure_split(split, model, tokenizer, template_args))
+        if not kept:
+            write_report(out, report)
     if not args.no_muse:
         counts = muse_books_tokens(tokenizer)
         rate = max(row["tokens_per_wall_s"] for row in report["splits"])
         report["muse_books"] = {"counts": counts, "rate_tokens_per_s": rate,
                                 "extrapolated_s": sum(part["tokens"] for part in counts.values()) / rate}
+    print(write_report(out, report))
+    return 0
+
+
+def read_previous(path: Path, meta: dict) -> dict:
+    """The report at ``path`` if it was measured with the same model, parameters and versions."""
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = ("model", "parameters", "torch", "transformers", "torch_threads")
+    if any(previous.get("meta", {}).get(key) != meta[key] for key in same):
+        return {}
+    meta["load_start"] = previous["meta"]["load_start"]  # the report spans every run that measured it
+    meta["date"] = previous["meta"]["date"]
+    return previous
+
+
+def write_report(out: Path, report: dict) -> str:
     report["meta"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
     write_json_atomic(out / "sga_neighbours.json", report)
     text = markdown(report)
     write_text_atomic(out / "sga_neighbours.md", text)
-    print(text)
-    return 0
+    return text
 
 
 if __name__ == "__main__":
