@@ -51,6 +51,9 @@ def parse_args(argv=None):
                         help="fresh process per point: fork from an import-only parent, or exec a new python")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rebuild perf.md, the figures and the README figures from perf.json")
+    parser.add_argument("--points", default="",
+                        help="with --only: re-measure only the points whose names start with one of these "
+                             "comma-separated prefixes (e.g. step_time:gd), merged into the perf.json in --out")
     parser.add_argument("--point", help="run one measurement point in this process and print its JSON")
     parser.add_argument("--point-out", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -99,7 +102,8 @@ def main(argv=None) -> int:
         argv_cfg = (["--quick"] if args.quick else []) + ["--model", cfg["model_path"]] \
             + (["--reps", str(args.reps)] if args.reps else []) \
             + (["--threads", str(args.threads)] if args.threads else [])
-        markdown, written, failures = run_benchmark(cfg, sections, out, args.isolation, argv_cfg)
+        prefixes = tuple(p.strip() for p in args.points.split(",") if p.strip())
+        markdown, written, failures = run_benchmark(cfg, sections, out, args.isolation, argv_cfg, prefixes)
     print(markdown)
     print("wrote " + ", ".join(str(path) for path in written))
     return 1 if failures else 0

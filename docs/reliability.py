@@ -29,6 +29,7 @@ TESTS = [
     "tests/ou/test_lora_cache.py::test_lora_target_modules_matching_nothing",
     "tests/ou/test_lora_cache.py::test_lora_with_teacher_path_refused",
     "tests/ou/test_lora_cache.py::test_teacher_cache_over_budget",
+    "tests/ou/test_sga.py::test_bad_input_is_named_with_its_fix",
 ]
 
 
@@ -58,7 +59,7 @@ def render(rows: list[dict], seconds: float) -> str:
     import torch
     import transformers
 
-    from asu_plugin.openunlearning.registration import ou_commit
+    from asu_plugin.openunlearning.environment import ou_commit
 
     counts = {k: sum(r["result"] == k for r in rows) for k in ("passed", "failed", "skipped")}
     lines = [

@@ -316,6 +316,9 @@ def test_partial_run_accepts_new_goal_limits(tmp_path):
     (tmp_path / "perf.json").write_text(json.dumps(
         {"meta": {"config": old, "sections": ["loss"]}, "raw": {"loss:a": {"x": 1}, "step_time:gd": {"x": 2}}}))
     previous = previous_document(tmp_path, cfg, ["step"])
+    every = ["teacher", "step", "design", "loss", "scaling"]
+    assert previous_document(tmp_path, cfg, every) is None  # a full run replaces...
+    assert previous_document(tmp_path, cfg, every, partial=True) == previous  # ...some points (--points) merge
     merged = _merge(previous, cfg, [{"name": "step_time:gd"}], {"step_time:gd": {"x": 3}}, {}, {"sections": ["step"]},
                     ["step"], "")
     assert merged["meta"]["config"] == cfg and merged["meta"]["sections"] == ["step", "loss"]

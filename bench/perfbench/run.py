@@ -78,11 +78,12 @@ def measure(cfg, plan, isolation: str, argv_cfg: list[str], logdir: Path):
     return results, failures, section_seconds
 
 
-def previous_document(out: Path, cfg, sections) -> dict | None:
-    """The perf.json a partial run merges into (None for a full run or an empty folder); checked
-    before anything is measured: SystemExit when it was made with another configuration."""
+def previous_document(out: Path, cfg, sections, partial: bool = False) -> dict | None:
+    """The perf.json a partial run (some sections, or ``partial``: some points) merges into (None
+    for a full run or an empty folder); checked before anything is measured: SystemExit when it
+    was made with another configuration."""
     path = out / "perf.json"
-    if set(sections) == set(SECTIONS) or not path.is_file():
+    if (set(sections) == set(SECTIONS) and not partial) or not path.is_file():
         return None
     previous = json.loads(path.read_text())
     check_mergeable(previous, cfg, sections, path)
@@ -120,20 +121,26 @@ def _merge(previous: dict, cfg, plan, results, failures, run: dict, sections, sk
     return {"meta": meta, "raw": raw}
 
 
-def run_benchmark(cfg, sections, out: Path, isolation: str, argv_cfg: list[str]):
-    """Measure ``sections`` into ``out`` (merging into an earlier perf.json there when partial);
-    return (Markdown, paths written, {failed point: error})."""
+def run_benchmark(cfg, sections, out: Path, isolation: str, argv_cfg: list[str], points: tuple[str, ...] = ()):
+    """Measure ``sections`` (only their points named with one of the ``points`` prefixes, if any)
+    into ``out``, merging into an earlier perf.json there when partial; return (Markdown, paths
+    written, {failed point: error})."""
     started, load_start, t_start = now(), loadavg(), time.perf_counter()
-    previous = previous_document(out, cfg, sections)
+    previous = previous_document(out, cfg, sections, partial=bool(points))
     ou_ok, ou_reason, import_seconds = prepare_parent(cfg)
     skipped = "" if ou_ok else f"train step, design and scaling sections: {ou_reason}"
     plan = build_plan(cfg, sections, ou_ok)
+    if points:
+        plan = [spec for spec in plan if spec["name"].startswith(points)]
+        if not plan:
+            raise SystemExit(f"--points {','.join(points)}: no point of {', '.join(sections)} starts with it")
     out.mkdir(parents=True, exist_ok=True)
     logdir = Path(tempfile.mkdtemp(prefix="asu-bench-"))
     os.environ["ASU_BENCH_TMP"] = str(logdir)  # the children's trainer output_dirs go here too
     results, failures, section_seconds = measure(cfg, plan, isolation, argv_cfg, logdir)
     threads = next((r["threads"] for r in results.values() if "threads" in r), None)
-    run = {"sections": list(sections), "started": started, "elapsed_s": time.perf_counter() - t_start,
+    run = {"sections": list(sections), "points": list(points), "started": started,
+           "elapsed_s": time.perf_counter() - t_start,
            "section_seconds": section_seconds, "loadavg_start": load_start, "loadavg_end": loadavg(),
            "isolation": isolation, "import_seconds": import_seconds, "machine": machine_info(threads)}
     if previous is not None:

@@ -36,13 +36,13 @@ def config(method: str, tiny: str, out, rows: int = 8, **settings):
     """The composed config of ``method`` on the tiny model (Hydra composes each experiment once:
     ~2 s a time), with ``settings`` ({"trainer.method_args.lora": ...}, dots spelled __) set."""
     idk = method == "ASU_IDK"
-    if idk not in _composed:
-        experiment = (["experiment=unlearn/tofu/asu_idk", *IDK_ON_CPU] if idk
-                      else ["experiment=unlearn/tofu/asu_cpu", "trainer=ASU_GD"])
-        _composed[idk] = compose([*experiment, *model_path(tiny), "task_name=probe", "paths.output_dir=/unset",
-                                  "trainer.args.per_device_train_batch_size=4", "trainer.args.report_to=none",
-                                  "trainer.args.logging_steps=1"])
-    cfg = copy.deepcopy(_composed[idk])  # get_model pops from it: a fresh copy per build
+    experiment = {"ASU_IDK": ["experiment=unlearn/tofu/asu_idk", *IDK_ON_CPU],
+                  "SGA": ["experiment=unlearn/tofu/sga_cpu"]}.get(method, ["experiment=unlearn/tofu/asu_cpu", "trainer=ASU_GD"])
+    if experiment[0] not in _composed:
+        _composed[experiment[0]] = compose([*experiment, *model_path(tiny), "task_name=probe", "paths.output_dir=/unset",
+                                            "trainer.args.per_device_train_batch_size=4", "trainer.args.report_to=none",
+                                            "trainer.args.logging_steps=1"])
+    cfg = copy.deepcopy(_composed[experiment[0]])  # get_model pops from it: a fresh copy per build
     forget = "TOFU_QA_forget_idk" if idk else "TOFU_QA_forget"
     values = {"paths.output_dir": str(out), f"data.forget.{forget}.args.hf_args.split": f"train[:{rows}]"}
     if method == "ASU_KL":
@@ -170,7 +170,35 @@ def probe_lora(tiny: str, out: str) -> dict:
             "adapters_on_after": not layer.disable_adapters,
         }
         del trainer, peft_model, base, layer, student, original, batch, hook  # the next count sees its own copies only
+    results["SGA"] = probe_sga_lora(tiny, Path(out) / "SGA")
     return results
+
+
+def probe_sga_lora(tiny: str, out: Path) -> dict:
+    """SGA with LoRA (no teacher: only the adapters train): one step, then the final save."""
+    from safetensors.torch import load_file
+
+    _, trainer = build_from_config(config(
+        "SGA", tiny, out, trainer__method_args__lora=LORA, trainer__method_args__normal="similar",
+        trainer__method_args__neighbour_cache=None, trainer__args__max_steps=1,
+        data__retain__TOFU_QA_retain__args__hf_args__split="train[:16]"))
+    trainer.train()
+    trainer.save_model(str(out))  # what OU's train.py does after train()
+    peft_model = trainer.model
+    original = fresh_model(tiny).state_dict()
+    base = {k.replace(".base_layer.", "."): v for k, v in peft_model.get_base_model().state_dict().items()
+            if ".lora_" not in k}
+    saved = load_file(out / "model.safetensors")
+    by_hand = merged_by_hand(peft_model, tiny).state_dict()
+    return {
+        "base_unchanged": all(torch.equal(base[k], original[k]) for k in original),
+        "lora_B_all_changed": all(p.abs().max().item() > 0 for n, p in peft_model.named_parameters() if "lora_B" in n),
+        "neighbour_table": trainer.table is not None,
+        "saved_vs_hand_merge": max((saved[k] - by_hand[k]).abs().max().item() for k in saved),
+        "saved_keys_match": sorted(saved) == sorted(k for k in by_hand if k != "lm_head.weight"),
+        "adapter_saved": (out / "adapter" / "adapter_model.safetensors").is_file(),
+        "record_lora": trainer.run_settings().get("lora"),
+    }
 
 
 def answer_rows(labels) -> torch.Tensor:

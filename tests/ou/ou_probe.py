@@ -33,27 +33,39 @@ from overrides import IDK_ON_CPU  # noqa: E402  (tests/ou/overrides.py: this scr
 
 
 
-def compose(overrides, config_name="unlearn.yaml"):
-    from hydra import compose as hydra_compose
+@contextlib.contextmanager
+def ou_configs():
+    """Hydra initialised on OU's configs (and, through the plugin, ours), as train.py sees them."""
     from hydra import initialize_config_dir
 
     import trainer  # noqa: F401  (OU's; imported first, as train.py does, so the plugin registers)
 
     with initialize_config_dir(config_dir=str(Path.cwd() / "configs"), version_base=None):
+        yield
+
+
+def compose(overrides, config_name="unlearn.yaml"):
+    from hydra import compose as hydra_compose
+
+    with ou_configs():
         return hydra_compose(config_name=config_name, overrides=overrides)
 
 
 def probe_compose(requests) -> list:
-    """Compose each (config_name, overrides) and return it resolved (or the error text)."""
+    """Compose each (config_name, overrides) and return it resolved (or the error text). Hydra is
+    initialised once for all of them (initialising it is most of a compose's cost)."""
+    from hydra import compose as hydra_compose
     from omegaconf import OmegaConf
 
     results = []
-    for config_name, overrides in requests:
-        try:
-            cfg = compose([*overrides, "paths.output_dir=/tmp/compose", "paths.work_dir=."], config_name)
-            results.append(OmegaConf.to_container(cfg, resolve=True))
-        except Exception as error:  # reported to the test, which asserts on it
-            results.append({"error": f"{type(error).__name__}: {error}"})
+    with ou_configs():
+        for config_name, overrides in requests:
+            try:
+                cfg = hydra_compose(config_name=config_name,
+                                    overrides=[*overrides, "paths.output_dir=/tmp/compose", "paths.work_dir=."])
+                results.append(OmegaConf.to_container(cfg, resolve=True))
+            except Exception as error:  # reported to the test, which asserts on it
+                results.append({"error": f"{type(error).__name__}: {error}"})
     return results
 
 

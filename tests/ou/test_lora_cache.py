@@ -54,6 +54,16 @@ def test_lora_loss_and_adapters_off_passes(probed, method, frozen_passes):
     assert result["train_mode_restored"] and result["adapters_on_after"]
 
 
+def test_sga_with_lora(probed):
+    """SGA (no teacher) with LoRA: one step trains the adapters only; its final save is the merged
+    model (== the adapters merged by hand) and the adapter; the neighbour table embeds with the base."""
+    result = probed["lora"]["SGA"]
+    print(json.dumps(result))
+    assert result["base_unchanged"] and result["lora_B_all_changed"] and result["neighbour_table"]
+    assert result["saved_keys_match"] and result["saved_vs_hand_merge"] <= 1e-6 and result["adapter_saved"]
+    assert result["record_lora"] == {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
+
+
 @pytest.fixture(scope="module")
 def lora_run(run_ou, ou_data, tiny_model_dir, tmp_path_factory):
     """ASU_KL + LoRA with gradient checkpointing, 2 steps through OU's train.py."""

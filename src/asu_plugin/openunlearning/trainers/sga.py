@@ -20,6 +20,7 @@ Cost: the batch size counts forget rows; a step runs K forward / backward passes
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
@@ -29,7 +30,9 @@ from collections.abc import Mapping
 import torch
 from trainer.unlearn.grad_ascent import GradAscent  # OpenUnlearning
 
+from .. import lora as lora_student
 from ..normal_data import NORMAL_MODES, TABLE_NAME, NormalRowsDataset, check_embedding_dir, neighbour_table
+from ..original_model import OriginalModelMixin
 from .base import RecordedUnlearnRun, failure_marker
 
 logger = logging.getLogger(__name__)
@@ -99,12 +102,12 @@ def check_normal_source(dataset, K: int) -> None:
         )
 
 
-class SGA(RecordedUnlearnRun, GradAscent):
+class SGA(RecordedUnlearnRun, OriginalModelMixin, GradAscent):
     """Smoothed Gradient Ascent: OU's GradAscent on the forget rows, smoothed with K-1 normal rows
     per forget row at rate r (loss in the module docstring). Logs ``forget_nll`` and
     ``normal_nll`` (the mean of the K-1 normal NLLs) beside OU's ``loss``."""
 
-    OPTIONS = ("r", "K", "normal", "embedding", "embedding_batch_size", "neighbour_cache")
+    OPTIONS = ("r", "K", "normal", "embedding", "embedding_batch_size", "neighbour_cache", "lora")
     UNLEARN_COMMAND = (
         "python src/train.py --config-name=unlearn.yaml experiment=unlearn/tofu/default trainer={name} "
         "task_name=<name>   (on a CPU: experiment=unlearn/tofu/sga_cpu)"
@@ -119,6 +122,7 @@ class SGA(RecordedUnlearnRun, GradAscent):
         embedding: str | None = None,
         embedding_batch_size: int = 16,
         neighbour_cache: str | None = None,
+        lora=None,
         **kwargs,
     ):
         output_dir = getattr(kwargs.get("args"), "output_dir", None)
@@ -134,6 +138,8 @@ class SGA(RecordedUnlearnRun, GradAscent):
                 raise ValueError(f"SGA: embedding_batch_size must be an integer >= 1, got {embedding_batch_size!r}; "
                                  "set e.g. trainer.method_args.embedding_batch_size=16")
             check_normal_source(dataset, self.K)
+            # a LoRA student (no teacher here: only the adapters train; the final save merges them)
+            kwargs["model"] = self.configure_original_model(lora, False, 0.0, None, kwargs)
         if embedding is not None and self.normal == "random":
             logger.warning("SGA: trainer.method_args.embedding is ignored with normal=random")
         self.embedding, self.embedding_batch_size = embedding, embedding_batch_size
@@ -152,9 +158,11 @@ class SGA(RecordedUnlearnRun, GradAscent):
 
     def _neighbour_table(self):
         tokenizer = getattr(self, "processing_class", None) or self.tokenizer
-        with self.args.main_process_first(desc="SGA neighbour table"):  # rank 0 fills the cache first
+        # a LoRA student embeds as the model it was loaded as: its base with the adapters off
+        original = lora_student.adapters_off(self.model) if self.lora is not None else contextlib.nullcontext(self.model)
+        with original as model, self.args.main_process_first(desc="SGA neighbour table"):  # rank 0 fills the cache first
             return neighbour_table(
-                self.train_dataset.forget, self.train_dataset.retain, self.K - 1, self.model, tokenizer,
+                self.train_dataset.forget, self.train_dataset.retain, self.K - 1, model, tokenizer,
                 embedding=self.embedding, batch_size=self.embedding_batch_size, run_dir=self.args.output_dir,
                 cache_dir=self.neighbour_cache, write=self.is_world_process_zero(),
             )
@@ -206,6 +214,7 @@ class SGA(RecordedUnlearnRun, GradAscent):
             "embedding": self.embedding,
             "embedding_batch_size": self.embedding_batch_size,
             "neighbour_cache": self.neighbour_cache,
+            "lora": self.lora,
             "forget_weight": 1 - self.r + self.r / self.K,
             "normal_weight": self.r / self.K,
             "loss": "-[(1 - r + r/K) * nll(forget) + (r/K) * sum_j nll(normal_j)]",
