@@ -189,3 +189,34 @@ def test_unreachable_custom_attention_is_refused():
     make_reachable(frozen)  # sets the config, but these modules do not read it
     with pytest.raises(SmoothingError, match="no call that smoothing can reach"):
         verify_reachable(frozen, TAU)
+
+
+@pytest.mark.skipif(not hasattr(transformers, "AttentionInterface"),
+                    reason=f"transformers {transformers.__version__} has no AttentionInterface")
+def test_smoothed_teacher_handler_loads_a_student_backend_it_can_reach(tmp_path):
+    """OU's model configs ask for flash_attention_2; the teacher-scoring handler (model_handler=
+    ASUSmoothedTeacher) loads whatever backend is asked for and runs it on one smoothing reaches.
+    Here the asked-for backend is an opaque registered kernel, as flash attention is to smoothing."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    from asu_plugin.openunlearning.teacher_model import ASUSmoothedTeacher
+
+    def opaque_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        with torch._C.DisableTorchFunction():
+            groups = query.shape[1] // key.shape[1]
+            key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+            scores = query @ key.transpose(-1, -2) * (scaling or query.shape[-1] ** -0.5)
+            if attention_mask is not None:
+                scores = scores + attention_mask[..., : key.shape[-2]]
+            return (scores.softmax(-1) @ value).transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register("asu_test_opaque_handler", opaque_attention)
+    AttentionMaskInterface.register("asu_test_opaque_handler", eager_mask)
+    _model("sdpa").save_pretrained(tmp_path)
+    teacher = ASUSmoothedTeacher.from_pretrained(str(tmp_path), attn_implementation="asu_test_opaque_handler",
+                                                 asu_tau=TAU)
+    assert attention_backend(teacher) == "sdpa" and teacher.asu_smoothing["tau"] == TAU
+    ids, mask, _ = _batch()
+    expected = _query_division_logits(_sdpa_twin(teacher), ids, mask, TAU)
+    assert (_logits(teacher, ids, mask) - expected).abs().max().item() <= 1e-5

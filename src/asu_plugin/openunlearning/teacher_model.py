@@ -19,6 +19,7 @@ import logging
 
 from transformers import AutoModelForCausalLM
 
+from ..core.attention_backend import attention_backend, make_reachable
 from ..core.errors import SmoothingError
 from ..core.smoothing import smoothed_attention
 
@@ -47,6 +48,11 @@ class ASUSmoothedTeacher:
                 "(optionally +model.model_args.asu_layers / asu_heads)"
             )
         model = AutoModelForCausalLM.from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        loaded_with = attention_backend(model)
+        backend = make_reachable(model)  # OU's model configs ask for flash_attention_2, which smoothing cannot reach
+        if backend != loaded_with:
+            logger.info("ASUSmoothedTeacher: attention %s -> %s (same weights), so smoothing can reach it",
+                        loaded_with, backend)
         layers = list(asu_layers) if asu_layers is not None and not isinstance(asu_layers, (str, int)) else asu_layers
         heads = list(asu_heads) if asu_heads is not None and not isinstance(asu_heads, (str, int)) else asu_heads
         smooth_until_unloaded(model, asu_tau, layers, heads)
