@@ -9,7 +9,8 @@
 #   make demo      ASU_KL on SmolLM2 / TOFU forget01 through OU's src/train.py, then OU's TOFU evaluator.
 #   make bench-perf / bench-tofu / bench-teacher / bench-continual / reliability   benchmarks and docs/reliability.md
 #   make gpu-wheels  .gpu-carry/ (git-ignored): the wheels, OU code and data slice bench/gpu_check.py carries
-#                  to a lent GPU machine (~35 MB from the package registry; not part of install or test)
+#                  to a lent GPU machine (~35 MB from the package registry; part of install, so that make test
+#                  checks that they install and import together: bench/gpu_check.py --dry-run)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -33,7 +34,7 @@ PIP = PIP_CONSTRAINT=$(CONSTRAINTS) $(1)/bin/pip install --disable-pip-version-c
 
 .PHONY: install ou venv matrix model data test test-core demo clean bench-perf bench-tofu bench-teacher bench-continual reliability gpu-wheels
 
-install: ou venv matrix model data
+install: ou venv matrix model data gpu-wheels
 
 ou:
 	@if [ ! -f "$(OU_DIR)/src/train.py" ]; then \
