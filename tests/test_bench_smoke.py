@@ -323,3 +323,26 @@ def test_partial_run_accepts_new_goal_limits(tmp_path):
                     ["step"], "")
     assert merged["meta"]["config"] == cfg and merged["meta"]["sections"] == ["step", "loss"]
     assert merged["raw"] == {"loss:a": {"x": 1}, "step_time:gd": {"x": 3}}
+
+
+def test_step_memory_comparison_reads_the_stages():
+    """bench/step_memory.py's sentence (quoted by the perf report's missed RSS goals): resident set
+    before the first step, the step's allocator peak and the process's peak, per method."""
+    from tests.bench_scripts import load_bench
+
+    step_memory = load_bench("step_memory")
+
+    def method(name, before, peak, allocator):
+        stages = {s: {"rss_mb": 500.0, "peak_since_previous_mb": 600.0} for s in step_memory.STAGES}
+        stages["adam state"]["rss_mb"] = before
+        stages["measured step"]["peak_since_previous_mb"] = peak
+        return {"method": name, "stages": stages, "step_allocator_peak_mb": allocator,
+                "held": {"trainable_mb": 1.0, "frozen_copy_mb": 0.0, "adam_state_mb": 2.0}}
+
+    document = {"meta": {"date": "now", "shape": "4 x 256"},
+                "methods": [method("ASU_KL_LORA", 600.0, 6000.0, 3000.0), method("ASU_KL", 3000.0, 6600.0, 3100.0)]}
+    line = step_memory.comparison(document, "ASU_KL_LORA", "ASU_KL")
+    assert line == ("ASU_KL_LORA vs ASU_KL: resident before the first step 600 vs 3000 MB (0.20x); the measured "
+                    "step's own allocations peak at 3000 vs 3100 MB; the process's peak RSS 6000 vs 6600 MB (0.91x)")
+    assert step_memory.comparison(document, "ASU_GD_CACHE", "GradDiff") is None
+    assert f"- {line}" in step_memory.markdown(document)

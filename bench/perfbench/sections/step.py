@@ -10,8 +10,10 @@ calls are counted during one timed step.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from pathlib import Path
 
 from ..comparisons import STEP_PAIRS
 from ..config import MB
@@ -246,16 +248,30 @@ def render(report) -> list[str]:
     return lines
 
 
+PROFILE = Path(__file__).resolve().parents[2] / "results" / "step_memory.json"  # bench/step_memory.py's
+
+
+def _profile(a: str, b: str) -> str:
+    """The memory profile's sentence on ``a`` vs ``b`` (bench/step_memory.py), when it was run."""
+    if not PROFILE.is_file():
+        return " Profile them with `python bench/step_memory.py`."
+    from step_memory import comparison  # bench/ is on sys.path, as for every perfbench module
+
+    line = comparison(json.loads(PROFILE.read_text()), a, b)
+    return f" Profile (bench/results/step_memory.md): {line}." if line else ""
+
+
 def why(goal_record, report) -> str:
     name, text = goal_record["name"], goal_record["text"]
     if "ASU_GD_CACHE" in name:
         return (f"**{name}**: {text}. ASU_GD_CACHE runs no teacher pass per step but reads the cached rows "
                 "(CPU) into a (B, T, V) tensor; GradDiff's forget term is one NLL. A gap in time comes from that "
-                "copy and token_kl; in memory from the cache itself and the (B, T, V) target tensor.")
+                "copy and token_kl; in memory from the cache itself and the (B, T, V) target tensor."
+                + _profile("ASU_GD_CACHE", "GradDiff"))
     if "ASU_KL_LORA" in name:
         return (f"**{name}**: {text}. With LoRA the weights' gradients, Adam state and the frozen copy go; "
-                "the activations and the (B, T, V) logits of the student, teacher and reference passes stay, "
-                "and at this batch they dominate a 135M model's weights.")
+                "the activations and the (B, T, V) logits of the student, teacher and reference passes stay."
+                + _profile("ASU_KL_LORA", "ASU_KL"))
     if name.startswith("step time"):
         return (f"**{name}**: {text}. See the pass counts: the pair runs the same number of student "
                 "and frozen passes, so a gap comes from the loss (token_kl's chunked rows vs NPO's "
