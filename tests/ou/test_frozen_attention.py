@@ -1,7 +1,7 @@
 """The frozen model (teacher and reference) runs attention smoothing can reach, whatever the
-student's backend, through OU's own code: ``_prepare_ref_model`` on the DeepSpeed path,
-``load_trainer``, ``src/train.py``'s run record. The numerics are tested in
-tests/core/test_attention_backend.py on every transformers version."""
+student's backend, through OU's own code: ``_prepare_ref_model`` on the DeepSpeed path and
+``load_trainer``. The run record's backends are checked on the shared run (tests/ou/test_training.py);
+the numerics in tests/core/test_attention_backend.py on every transformers version."""
 
 from __future__ import annotations
 
@@ -30,7 +30,3 @@ def test_unreachable_backend_is_refused_at_trainer_start(backends):
     assert refusal is not None and refusal.startswith("SmoothingError")
     assert "attn_implementation='custom_kernel'" in refusal  # names the student's backend
     assert "model.model_args.attn_implementation=sdpa" in refusal  # and what to set
-
-
-def test_run_record_names_the_backends(kl_run):
-    assert kl_run.record()["attention"] == {"student": "sdpa", "frozen": "sdpa", "switched": False}

@@ -138,3 +138,9 @@ def test_sweep_writes_each_job_to_its_own_dir(run_ou, ou_data, model_dir, tmp_pa
             assert first["forget_kl"] == 0.0  # exactly: no smoothing, teacher == student
         else:
             assert first["forget_kl"] > 0
+
+
+def test_run_record_names_the_backends(kl_run):
+    """The frozen model's attention backend, as the run record states it (tests/ou/test_frozen_attention.py
+    has the flash-attention student); here on the shared run, so no second ASU_KL run is trained."""
+    assert kl_run.record()["attention"] == {"student": "sdpa", "frozen": "sdpa", "switched": False}
