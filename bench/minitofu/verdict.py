@@ -19,17 +19,25 @@ def _goal(rows: dict, asu: str, floor: float) -> str:
     rival = goal["rival"]
     if rival not in rows:
         return f"Goal: not checked ({rival} has no row)."
-    checks = [  # (what, value, bound, higher is better)
-        (f"forget_quality >= {rival}'s", _mean(rows, asu, "forget_quality"), _mean(rows, rival, "forget_quality"), True),
-        (f"fluent answers >= {goal['fluent_rate']:.0%}", _mean(rows, asu, "fluent_rate"), goal["fluent_rate"], True),
-        (f"model_utility >= {floor:.3g}", _mean(rows, asu, "model_utility"), floor, True),
+    def num(x):
+        return f"{x:.3g}"
+
+    def pct(x):
+        return f"{x:.0%}"
+
+    checks = [  # (what, value, bound, higher is better, format)
+        (f"forget_quality >= {rival}'s", _mean(rows, asu, "forget_quality"), _mean(rows, rival, "forget_quality"),
+         True, num),
+        (f"fluent answers >= {goal['fluent_rate']:.0%}", _mean(rows, asu, "fluent_rate"), goal["fluent_rate"], True,
+         pct),
+        (f"model_utility >= {floor:.3g}", _mean(rows, asu, "model_utility"), floor, True, num),
         (f"forget ROUGE-L <= {rival}'s", _mean(rows, asu, "forget_Q_A_ROUGE"), _mean(rows, rival, "forget_Q_A_ROUGE"),
-         False),
+         False, num),
     ]
     parts = []
-    for what, value, bound, higher in checks:
+    for what, value, bound, higher, fmt in checks:
         met = value >= bound if higher else value <= bound
-        parts.append(f"{what}: {value:.3g} vs {bound:.3g}, " + ("met" if met else f"missed by {abs(value - bound):.3g}"))
+        parts.append(f"{what}: {fmt(value)} vs {fmt(bound)}, " + ("met" if met else f"missed by {fmt(abs(value - bound))}"))
     return f"Goal for the best ASU variant ({asu}): " + "; ".join(parts) + "."
 
 
