@@ -19,6 +19,7 @@ def _goal(rows: dict, asu: str, floor: float) -> str:
     rival = goal["rival"]
     if rival not in rows:
         return f"Goal: not checked ({rival} has no row)."
+
     def num(x):
         return f"{x:.3g}"
 
