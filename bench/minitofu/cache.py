@@ -58,8 +58,8 @@ def teacher_answers(plan: Plan, questions: list[str], chosen: list[dict] = ()) -
 
     model, tokenizer = load_model(plan.target)
     answers = [{} for _ in questions]
-    for tau, layers in settings:
-        rows = run_generate(model, tokenizer, questions, [tau], [layers],
+    for tau in dict.fromkeys(t for t, _ in settings):  # one call per tau: its layer sets share the plain answers
+        rows = run_generate(model, tokenizer, questions, [tau], [ls for t, ls in settings if t == tau],
                             max_new_tokens=SETTINGS["eval"]["max_new_tokens"])
         for answer, row in zip(answers, rows):
             answer.update({f"teacher ({key.replace('|', ', ')})": text for key, text in row["smoothed"].items()})

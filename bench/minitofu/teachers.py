@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from asu_plugin.core.selection import _parse_index_string
 from asu_plugin.core.teacher_choice import LAYER_SETS, layer_set
 from asu_plugin.openunlearning.run_record import RECORD_NAME
 
@@ -21,15 +22,6 @@ from asu_plugin.openunlearning.run_record import RECORD_NAME
 TEACHER_RESULTS = Path(__file__).resolve().parents[1] / "results" / "teacher.json"
 #: the model of that file the study's teachers are measured on
 TEACHER_MODEL = "target"
-
-
-def _indices(ranges: str) -> tuple[int, ...]:
-    """``"0-9,12"`` -> (0, ..., 9, 12) (the run record's ``smoothed_layers``)."""
-    found: list[int] = []
-    for part in filter(None, ranges.split(",")):
-        start, _, end = part.partition("-")
-        found += range(int(start), int(end or start) + 1)
-    return tuple(found)
 
 
 def row_teacher(run_dir: Path) -> dict | None:
@@ -55,7 +47,7 @@ def measured(teacher: dict, results: Path | None = None) -> dict | None:
     model = json.loads(results.read_text()).get("models", {}).get(TEACHER_MODEL)
     if not model:
         return None
-    wanted = _indices(teacher["layers"])
+    wanted = tuple(_parse_index_string(teacher["layers"], "layers"))
     names = [name for name in LAYER_SETS if layer_set(name, model["num_layers"]) == wanted]
     cell = model["generated"].get(f"tau={teacher['tau']:g}|{names[0]}") if names else None
     if cell is None:
